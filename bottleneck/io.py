@@ -1,0 +1,70 @@
+"""Save and load a trained mask with safetensors: plain tensors plus JSON metadata.
+
+Loading never unpickles: the file holds tensors and a JSON string with the
+arguments that rebuild the mask, nothing executable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from .errors import BottleneckError
+from .wrap import MaskedModel
+
+FORMAT = "bottleneck-mask/1"
+_MASK, _MODEL = "mask.", "model."
+
+
+def save_mask(masked: MaskedModel, path: str | Path, *, include_model: bool = False) -> Path:
+    """Write the mask's weights (and optionally the wrapped model's) to ``path``."""
+    if masked.modality_name is None:
+        raise BottleneckError("call the masked model on inputs once before saving (its modality is unknown)")
+    tensors = {_MASK + k: v.detach().contiguous().cpu() for k, v in masked.mask.state_dict().items()}
+    if include_model:
+        tensors.update({_MODEL + k: v.detach().contiguous().cpu() for k, v in masked.model.state_dict().items()})
+    metadata = {"format": FORMAT, "config": json.dumps(masked.config())}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The configuration stored in a saved mask file."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != FORMAT:
+        raise BottleneckError(f"{path} is not a bottleneck mask file (format {metadata.get('format')!r})")
+    return json.loads(metadata["config"])
+
+
+def load_mask(masked: MaskedModel, path: str | Path, *, load_model: bool = True) -> MaskedModel:
+    """Load weights saved by :func:`save_mask` into ``masked`` (and its model, if saved)."""
+    config = read_config(path)
+    if config["gate"] != masked.gate_name:
+        raise BottleneckError(f"{path} holds a {config['gate']!r} mask; this model has a {masked.gate_name!r} one")
+    tensors = load_file(str(path), device=str(next(masked.mask.constraint.buffers()).device))
+    mask_state = {k[len(_MASK):]: v for k, v in tensors.items() if k.startswith(_MASK)}
+    masked.mask.load_state_dict(mask_state)
+    model_state = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
+    if load_model and model_state:
+        masked.model.load_state_dict(model_state)
+    masked.modality_name = config["modality"]
+    masked.baseline = config["baseline"]
+    return masked
+
+
+def load(path: str | Path, model: nn.Module) -> MaskedModel:
+    """Rebuild a :class:`MaskedModel` around ``model`` from a saved mask file."""
+    config = read_config(path)
+    masked = MaskedModel(
+        model, config["modality"], mode=config["mode"], gate=config["gate"], keep=config["keep"],
+        where=config["where"], baseline=config["baseline"],
+        faithfulness_weight=config["faithfulness_weight"], **config["layer_options"],
+    )
+    return load_mask(masked, path)

@@ -1,0 +1,122 @@
+"""``MaskLayer``: scorer + gate + objective terms, on :class:`~bottleneck.units.Units`.
+
+The layer is modality-agnostic: it sees flat units with a batch vector and a
+unit graph and returns gates plus the bottleneck loss. Plugins translate
+model inputs to units and gates back to model inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .errors import BottleneckError, describe
+from .gates import Gate
+from .objective import KeepRateConstraint, per_sample_mean, rate_loss, smoothness_loss
+from .scorer import EquivariantScorer
+from .units import Units
+
+
+@dataclass
+class MaskResult:
+    """What the mask layer computed for one batch of units.
+
+    :param logits: scorer output (``[N]``, or ``[N, 2]`` for the gaussian gate).
+    :param gates: sampled gates in training, deterministic ones in eval, ``[N]``.
+    :param p_open: ``P(gate > 0)`` per unit, ``[N]`` — the relevance.
+    :param keep_rate: ``[B]`` expected fraction of open units per sample.
+    :param loss: the bottleneck loss (sum of weighted terms).
+    :param terms: each term, detached, for logging.
+    """
+
+    logits: Tensor
+    gates: Tensor
+    p_open: Tensor
+    keep_rate: Tensor
+    loss: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+class MaskLayer(nn.Module):
+    """Information-bottleneck mask over units.
+
+    :param gate: a gate name registered with the plugin manager (``hard_concrete``,
+        ``concrete``, ``gaussian``, ``topk``) or a :class:`~bottleneck.gates.Gate`.
+    :param keep: target fraction of units kept per sample, in (0, 1].
+    :param hidden: scorer width.
+    :param rate_weight: weight of the gate's rate term (``None``: the gate's default).
+    :param smooth_weight: weight of total variation over the unit graph.
+    :param constraint_step: dual-ascent step of the keep-rate multiplier (0 disables it).
+    :param init_open: open probability of every unit at initialisation.
+    :param in_features: unit feature size, or ``None`` to infer on first call.
+    """
+
+    def __init__(
+        self,
+        gate: str | Gate = "hard_concrete",
+        keep: float = 0.3,
+        *,
+        hidden: int = 64,
+        rate_weight: float | None = None,
+        smooth_weight: float = 0.05,
+        constraint_step: float = 0.05,
+        init_open: float = 0.9,
+        in_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0.0 < keep <= 1.0:
+            raise BottleneckError(f"keep must be a fraction in (0, 1] (got {keep!r})")
+        if not 0.0 < init_open < 1.0:
+            raise BottleneckError(f"init_open must be in (0, 1) (got {init_open!r})")
+        if isinstance(gate, str):
+            from .plugins import make_gate
+
+            gate = make_gate(gate, keep=keep)
+        elif not isinstance(gate, Gate):
+            raise BottleneckError(f"gate must be a gate name or a Gate instance (got {describe(gate)})")
+        self.gate = gate
+        self.keep = float(keep)
+        self.rate_weight = gate.default_rate_weight if rate_weight is None else float(rate_weight)
+        self.smooth_weight = float(smooth_weight)
+        self.scorer = EquivariantScorer(hidden, gate.params_per_unit, in_features)
+        self.scorer.set_output_bias(gate.init_bias(init_open))
+        self.constraint = KeepRateConstraint(keep, constraint_step)
+
+    def scores(self, units: Units) -> Tensor:
+        """Gate logits for ``units`` (``[N]`` or ``[N, P]``)."""
+        logits = self.scorer(units.x, units.batch, units.num_samples)
+        return logits.squeeze(-1) if self.gate.params_per_unit == 1 else logits
+
+    def forward(self, units: Units) -> MaskResult:
+        batch, num_samples = units.batch, units.num_samples
+        logits = self.scores(units)
+        if self.training:
+            gates = self.gate.rsample(logits, batch, num_samples)
+        else:
+            gates = self.gate.deterministic(logits, batch, num_samples)
+        p_open = self.gate.expected_open(logits, batch, num_samples)
+        keep_rate = per_sample_mean(p_open, batch, num_samples)
+        mean_keep = keep_rate.mean()
+        rate = rate_loss(self.gate, logits, batch, num_samples)
+        smooth = smoothness_loss(p_open, units.edge_index, batch, num_samples)
+        keep_term = self.constraint(mean_keep)
+        loss = keep_term + self.rate_weight * rate + self.smooth_weight * smooth
+        terms = {
+            "rate": rate.detach(),
+            "keep_penalty": keep_term.detach(),
+            "smoothness": smooth.detach(),
+            "multiplier": self.constraint.multiplier.detach().clone(),
+            "keep_rate": mean_keep.detach(),
+        }
+        return MaskResult(logits, gates, p_open, keep_rate, loss, terms)
+
+    def anneal(self, progress: float) -> None:
+        """Forward the training progress (0..1) to the gate's temperature schedule."""
+        self.gate.anneal(progress)
+
+    def extra_repr(self) -> str:
+        return (
+            f"keep={self.keep}, rate_weight={self.rate_weight}, smooth_weight={self.smooth_weight}"
+        )

@@ -1,0 +1,62 @@
+"""Relevance metrics on the flat ragged layout (one value per sample, then averaged)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .errors import BottleneckError, describe
+from .units import counts_to_ptr
+
+
+def segment_average_ranks(scores: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """1-based ranks of ``scores`` within each sample, ascending, ties given their average rank."""
+    order = torch.argsort(scores, stable=True)
+    order = order[torch.argsort(batch[order], stable=True)]
+    sorted_scores, sorted_batch = scores[order], batch[order]
+    new_group = torch.ones_like(sorted_batch, dtype=torch.bool)
+    new_group[1:] = (sorted_scores[1:] != sorted_scores[:-1]) | (sorted_batch[1:] != sorted_batch[:-1])
+    group = new_group.cumsum(0) - 1
+    position = torch.arange(scores.numel(), device=scores.device, dtype=torch.float64)
+    num_groups = int(group[-1]) + 1 if group.numel() else 0
+    first = torch.full((num_groups,), float("inf"), dtype=torch.float64, device=scores.device)
+    first = first.scatter_reduce(0, group, position, reduce="amin")
+    size = torch.bincount(group, minlength=num_groups).to(torch.float64)
+    ptr = counts_to_ptr(torch.bincount(batch, minlength=num_samples)).to(torch.float64)
+    average = first[group] + (size[group] - 1) / 2 - ptr[sorted_batch] + 1
+    ranks = torch.empty_like(average)
+    ranks[order] = average
+    return ranks
+
+
+def segment_auroc(scores: Tensor, labels: Tensor, batch: Tensor | None = None, num_samples: int | None = None) -> Tensor:
+    """``[B]`` AUROC of ``scores`` against boolean ``labels`` within each sample.
+
+    Mann-Whitney U with average ranks for ties. A sample with no positive or no
+    negative unit gets NaN.
+    """
+    if scores.shape != labels.shape or scores.dim() != 1:
+        raise BottleneckError(
+            f"scores and labels must be [N] of the same shape (got {describe(scores)} and {describe(labels)})"
+        )
+    if batch is None:
+        batch = torch.zeros_like(scores, dtype=torch.long)
+    if num_samples is None:
+        num_samples = int(batch.max()) + 1 if batch.numel() else 0
+    labels = labels.bool()
+    ranks = segment_average_ranks(scores.double(), batch, num_samples)
+    positives = torch.bincount(batch[labels], minlength=num_samples).double()
+    total = torch.bincount(batch, minlength=num_samples).double()
+    negatives = total - positives
+    rank_sum = torch.zeros(num_samples, dtype=torch.float64, device=scores.device)
+    rank_sum = rank_sum.index_add(0, batch[labels], ranks[labels])
+    u = rank_sum - positives * (positives + 1) / 2
+    auroc = u / (positives * negatives)
+    return torch.where((positives > 0) & (negatives > 0), auroc, torch.full_like(auroc, float("nan")))
+
+
+def mean_auroc(scores: Tensor, labels: Tensor, batch: Tensor | None = None, num_samples: int | None = None) -> float:
+    """Mean of :func:`segment_auroc` over samples that have both classes."""
+    values = segment_auroc(scores, labels, batch, num_samples)
+    values = values[~values.isnan()]
+    return float(values.mean()) if values.numel() else float("nan")

@@ -1,0 +1,519 @@
+"""Neighbourhoods on point coordinates: k-nearest neighbours and farthest point sampling.
+
+Point-cloud models need a neighbourhood graph (to smooth masks, to pool scores)
+and a subsample of well-spread points (to keep the number of units manageable).
+``torch_cluster`` provides both as fast compiled kernels, but it is an optional
+extra that is often hard to install, and ``torch_geometric``'s wrappers need
+``pyg-lib`` or ``torch_cluster`` too. This module dispatches to ``torch_cluster``
+when it imports and otherwise runs a pure-torch implementation that
+
+* follows the PyG ``batch`` convention (``batch`` is a sorted ``[N]`` long tensor of
+  sample ids, ``None`` meaning one sample), never pairing points of different samples;
+* is memory-bounded: the brute-force distance matrix is built for a chunk of query
+  rows at a time against only the candidate rows of the samples in that chunk, so
+  100k points in one sample need ``~DEFAULT_BUDGET_BYTES`` of scratch memory, not an
+  ``N x N`` matrix;
+* is vectorised over samples (no Python loop over samples).
+
+Every check on the inputs raises :class:`~bottleneck.errors.BottleneckError` saying
+what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+from .errors import BottleneckError, describe
+
+try:  # optional compiled kernels, the ``cluster`` extra
+    import torch_cluster as _torch_cluster
+except ImportError:  # pragma: no cover - depends on the environment
+    _torch_cluster = None
+
+#: Whether ``torch_cluster`` imported; ``use_cluster=None`` dispatches to it when true.
+HAS_TORCH_CLUSTER: bool = _torch_cluster is not None
+
+__all__ = [
+    "DEFAULT_BUDGET_BYTES",
+    "HAS_TORCH_CLUSTER",
+    "fps",
+    "knn",
+    "knn_graph",
+]
+
+#: Memory budget of one chunk's distance matrix in the pure-torch kNN (64 MiB of
+#: float32 distances). Peak scratch memory is a small multiple of it (the matrix, a
+#: temporary of the same size and a boolean sample mask).
+DEFAULT_BUDGET_BYTES: int = 64 * 2**20
+
+#: Upper bound on query rows per chunk when the chunk size is chosen automatically.
+#: With many small samples a chunk's candidate columns grow with its rows (the
+#: union of its samples), so wasted cross-sample distances grow too; this cap keeps
+#: that waste at a few thousand distances per query.
+_MAX_AUTO_ROWS: int = 2048
+
+#: Up to this many coordinates, distances are accumulated exactly, coordinate by
+#: coordinate; above it, a centred matrix product is used (faster for wide inputs).
+_EXACT_MAX_DIM: int = 8
+
+_INSTALL_HINT = "pip install bottleneck-mask[cluster]"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_points(value: Any, name: str) -> Tensor:
+    """``value`` must be a finite ``[N, D]`` floating-point tensor with ``D >= 1``."""
+    if not isinstance(value, Tensor):
+        raise BottleneckError(
+            f"{name} must be a torch.Tensor of shape [N, D] (float); got {describe(value)}"
+        )
+    if value.dim() != 2:
+        raise BottleneckError(
+            f"{name} must be 2-D [N, D] (one row of coordinates per point); got {describe(value)}"
+        )
+    if not value.is_floating_point():
+        raise BottleneckError(
+            f"{name} must have a floating-point dtype (e.g. torch.float32); got {describe(value)}"
+        )
+    if value.shape[1] < 1:
+        raise BottleneckError(
+            f"{name} must have at least one coordinate column; got {describe(value)}"
+        )
+    if value.numel() > 0:
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise BottleneckError(
+                f"{name} must be finite (no NaN/Inf coordinates); got {bad} non-finite "
+                f"value(s) in {describe(value)}"
+            )
+    return value
+
+
+def _check_batch(batch: Any, num_points: int, device: torch.device, name: str) -> Tensor | None:
+    """``batch`` must be ``None`` or a sorted, non-negative ``[N]`` long tensor on ``device``."""
+    if batch is None:
+        return None
+    if not isinstance(batch, Tensor):
+        raise BottleneckError(
+            f"{name} must be None or a torch.long tensor of shape [{num_points}]; got {describe(batch)}"
+        )
+    if batch.dim() != 1 or batch.shape[0] != num_points:
+        raise BottleneckError(
+            f"{name} must have shape [{num_points}] (one sample id per point); got {describe(batch)}"
+        )
+    if batch.dtype != torch.long:
+        raise BottleneckError(f"{name} must have dtype torch.long; got {describe(batch)}")
+    if batch.device != device:
+        raise BottleneckError(
+            f"{name} must be on the points' device {device}; got a tensor on {batch.device}"
+        )
+    if num_points > 0:
+        if int(batch[0]) < 0:
+            raise BottleneckError(
+                f"{name} must hold non-negative sample ids; got min {int(batch.min())}"
+            )
+        if num_points > 1 and not bool((batch[1:] >= batch[:-1]).all()):
+            first = int((batch[1:] < batch[:-1]).nonzero()[0, 0])
+            raise BottleneckError(
+                f"{name} must be sorted ascending (points of a sample contiguous, PyG convention); "
+                f"got {name}[{first}]={int(batch[first])} > {name}[{first + 1}]={int(batch[first + 1])}"
+            )
+    return batch
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool):
+        raise BottleneckError(f"k must be an integer >= 1; got {k!r}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise BottleneckError(f"k must be an integer >= 1; got {describe(k)}") from None
+    if k < 1:
+        raise BottleneckError(f"k must be an integer >= 1; got {k}")
+    return k
+
+
+def _check_chunk_size(chunk_size: Any) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise BottleneckError(f"chunk_size must be None or an integer >= 1; got {chunk_size!r}")
+    return chunk_size
+
+
+def _resolve_cluster(use_cluster: bool | None) -> bool:
+    """``None`` -> use ``torch_cluster`` if it imported; ``True`` requires it."""
+    if use_cluster is None:
+        return HAS_TORCH_CLUSTER
+    if use_cluster and not HAS_TORCH_CLUSTER:
+        raise BottleneckError(
+            "use_cluster=True needs torch_cluster, which is not installed; install the "
+            f"'cluster' extra ({_INSTALL_HINT}) or pass use_cluster=None/False for pure torch"
+        )
+    return bool(use_cluster)
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _chunk_rows(num_candidates: int, budget_bytes: int, element_size: int = 4) -> int:
+    """Query rows per chunk so that a ``rows x num_candidates`` distance matrix fits the budget.
+
+    ``max(1, budget_elems // num_candidates)``: at least one row, so a single query
+    against more candidates than the budget holds still runs.
+    """
+    budget_elems = max(1, budget_bytes // max(1, element_size))
+    return max(1, budget_elems // max(1, num_candidates))
+
+
+def _ptr(batch: Tensor | None, num_points: int, num_samples: int) -> list[int]:
+    """CSR offsets ``[B + 1]`` of a sorted batch vector, as a Python list."""
+    if batch is None:
+        counts = [num_points] + [0] * (num_samples - 1)
+    else:
+        counts = torch.bincount(batch, minlength=num_samples).tolist()
+    ptr = [0]
+    for c in counts:
+        ptr.append(ptr[-1] + c)
+    return ptr
+
+
+def _plan_chunks(
+    batch_y: list[int],
+    ptr_x: list[int],
+    budget_elems: int,
+    chunk_size: int | None = None,
+    max_rows: int = _MAX_AUTO_ROWS,
+) -> list[tuple[int, int, int, int]]:
+    """Split query rows into chunks ``(start, end, x_lo, x_hi)``.
+
+    The candidates of rows ``start:end`` are the x-rows ``x_lo:x_hi`` of the samples
+    those rows belong to (contiguous because batches are sorted). With
+    ``chunk_size=None`` each chunk is the longest run of rows (at most ``max_rows``)
+    with ``rows * candidates <= budget_elems`` (at least one row), found by bisection
+    since that product only grows with the run; otherwise it has ``chunk_size`` rows.
+    """
+    m = len(batch_y)
+    chunks: list[tuple[int, int, int, int]] = []
+    s = 0
+    while s < m:
+        lo = ptr_x[batch_y[s]]
+        if chunk_size is not None:
+            e = min(m, s + chunk_size)
+        else:
+
+            def cost(end: int, s: int = s, lo: int = lo) -> int:
+                return (end - s) * (ptr_x[batch_y[end - 1] + 1] - lo)
+
+            e = min(m, s + max_rows)
+            if cost(e) > budget_elems:
+                good, bad = s + 1, e  # cost(good) may exceed the budget: one row always runs
+                while bad - good > 1:
+                    mid = (good + bad) // 2
+                    if cost(mid) <= budget_elems:
+                        good = mid
+                    else:
+                        bad = mid
+                e = good
+        chunks.append((s, e, lo, ptr_x[batch_y[e - 1] + 1]))
+        s = e
+    return chunks
+
+
+def _sq_dists(y_t: Tensor, x_t: Tensor) -> Tensor:
+    """Squared distances ``[R, C]`` between coordinate-major ``y_t [D, R]`` and ``x_t [D, C]``.
+
+    Low-dimensional inputs (points) are accumulated one coordinate at a time, which
+    is exact up to rounding of differences and needs one scratch matrix; the
+    ``|y|^2 - 2 y.x + |x|^2`` expansion would lose close-neighbour ordering to
+    cancellation for coordinates far from the origin. Wide inputs use the expansion
+    on centred coordinates (a matrix product is much faster than ``D`` passes).
+    """
+    d = y_t.shape[0]
+    if d <= _EXACT_MAX_DIM:
+        dist = torch.sub(y_t[0].unsqueeze(1), x_t[0].unsqueeze(0))
+        dist.square_()
+        if d > 1:
+            tmp = torch.empty_like(dist)
+            for i in range(1, d):
+                torch.sub(y_t[i].unsqueeze(1), x_t[i].unsqueeze(0), out=tmp)
+                dist.addcmul_(tmp, tmp)
+        return dist
+    center = x_t.mean(dim=1, keepdim=True)
+    yc = y_t - center
+    xc = x_t - center
+    dist = torch.addmm((yc * yc).sum(0).unsqueeze(1), yc.t(), xc, alpha=-2.0)
+    dist.add_((xc * xc).sum(0).unsqueeze(0))
+    return dist.clamp_min_(0.0)
+
+
+def _knn_torch(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Tensor | None,
+    batch_y: Tensor | None,
+    *,
+    chunk_size: int | None,
+    exclude_self: bool = False,
+    budget_bytes: int | None = None,
+) -> Tensor:
+    """Chunked brute-force kNN; see :func:`knn`. ``exclude_self`` assumes ``x is y``."""
+    device = x.device
+    n, m = x.shape[0], y.shape[0]
+    empty = torch.empty(2, 0, dtype=torch.long, device=device)
+    if n == 0 or m == 0:
+        return empty
+
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32  # accumulate distances in at least single precision
+    x_t = x.to(dtype).t().contiguous()  # [D, N]: contiguous per-coordinate slices
+    y_t = x_t if exclude_self else y.to(dtype).t().contiguous()
+
+    num_samples = 1
+    if batch_x is not None:
+        num_samples = max(num_samples, int(batch_x[-1]) + 1)
+    if batch_y is not None:
+        num_samples = max(num_samples, int(batch_y[-1]) + 1)
+    ptr_x = _ptr(batch_x, n, num_samples)
+    by_list = [0] * m if batch_y is None else batch_y.tolist()
+    if budget_bytes is None:
+        budget_bytes = DEFAULT_BUDGET_BYTES
+    budget_elems = max(1, budget_bytes // torch.empty((), dtype=dtype).element_size())
+    chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size)
+
+    rows_out: list[Tensor] = []
+    cols_out: list[Tensor] = []
+    for s, e, lo, hi in chunks:
+        c = hi - lo
+        if c == 0:  # the chunk's samples have no candidates at all
+            continue
+        dist = _sq_dists(y_t[:, s:e], x_t[:, lo:hi])
+        r = e - s
+        spans = by_list[s] != by_list[e - 1]
+        if spans and batch_x is not None and batch_y is not None:
+            same = batch_y[s:e].unsqueeze(1) == batch_x[lo:hi].unsqueeze(0)
+            dist.masked_fill_(~same, math.inf)
+        if exclude_self:
+            local = torch.arange(r, device=device)
+            dist[local, local + (s - lo)] = math.inf
+        kk = min(k, c)
+        _, idx = torch.topk(dist, kk, dim=1, largest=False, sorted=True)
+        del dist
+        row = torch.arange(s, e, device=device).unsqueeze(1).expand(r, kk)
+        col = idx + lo
+        # Drop what the chunk's masks let through: other samples' points (for queries
+        # whose sample has fewer than k candidates) and the query itself.
+        keep: Tensor | None = None
+        if spans:  # then batch_y is not None; batch_x None means every x is in sample 0
+            bx = batch_x[col] if batch_x is not None else torch.zeros_like(col)
+            keep = bx == batch_y[s:e].unsqueeze(1)
+        if exclude_self and (spans or kk == c):  # self is inf: picked only among infs
+            keep = col != row if keep is None else keep & (col != row)
+        if keep is None:
+            rows_out.append(row.reshape(-1))
+            cols_out.append(col.reshape(-1))
+        else:
+            rows_out.append(row[keep])
+            cols_out.append(col[keep])
+
+    if not rows_out:
+        return empty
+    return torch.stack([torch.cat(rows_out), torch.cat(cols_out)])
+
+
+# -------------------------------------------------------------------------- public
+
+
+def knn(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Tensor | None = None,
+    batch_y: Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+    use_cluster: bool | None = None,
+) -> Tensor:
+    """For each row of ``y``, the ``k`` nearest rows of ``x`` within the same sample.
+
+    Same semantics as ``torch_cluster.knn``, so callers can switch freely. Needed to
+    build neighbourhoods between two point sets (e.g. subsampled centres ``y`` and
+    all points ``x``) without ever pairing points from different samples.
+
+    :param x: ``[N, D]`` finite float candidate points.
+    :param y: ``[M, D]`` finite float query points.
+    :param k: neighbours per query, ``>= 1``. A query whose sample has fewer than
+        ``k`` points in ``x`` gets only as many as exist.
+    :param batch_x: ``[N]`` sorted long sample ids of ``x``, or ``None`` (one sample).
+    :param batch_y: ``[M]`` sorted long sample ids of ``y``, or ``None`` (one sample).
+    :param chunk_size: pure torch only: query rows per chunk. ``None`` picks it so each
+        chunk's distance matrix stays under :data:`DEFAULT_BUDGET_BYTES`.
+    :param use_cluster: ``None`` uses ``torch_cluster`` when installed, ``True``
+        requires it, ``False`` forces pure torch.
+    :returns: ``[2, E]`` long; row 0 indexes ``y``, row 1 indexes ``x``. In pure torch,
+        rows are grouped by query in ascending order, nearest neighbour first
+        (ties in any order).
+    :raises BottleneckError: on invalid inputs, or ``use_cluster=True`` without
+        ``torch_cluster``.
+    """
+    x = _check_points(x, "x")
+    y = _check_points(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise BottleneckError(
+            f"x and y must have the same number of coordinates D; got x {describe(x)} "
+            f"and y {describe(y)}"
+        )
+    if y.device != x.device:
+        raise BottleneckError(f"x and y must be on the same device; got {x.device} and {y.device}")
+    k = _check_k(k)
+    batch_x = _check_batch(batch_x, x.shape[0], x.device, "batch_x")
+    batch_y = _check_batch(batch_y, y.shape[0], y.device, "batch_y")
+    chunk_size = _check_chunk_size(chunk_size)
+    if _resolve_cluster(use_cluster):
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        return _torch_cluster.knn(x.to(dtype), y.to(dtype), k, batch_x, batch_y)
+    return _knn_torch(x, y, k, batch_x, batch_y, chunk_size=chunk_size)
+
+
+def knn_graph(
+    pos: Tensor,
+    k: int,
+    batch: Tensor | None = None,
+    *,
+    loop: bool = False,
+    flow: str = "source_to_target",
+    chunk_size: int | None = None,
+    use_cluster: bool | None = None,
+) -> Tensor:
+    """The k-nearest-neighbour graph of ``pos``, within samples.
+
+    Same semantics as ``torch_cluster.knn_graph`` / ``torch_geometric.nn.knn_graph``:
+    the unit graph a point-cloud plugin hands to the mask layer for smoothing and
+    message passing.
+
+    :param pos: ``[N, D]`` finite float coordinates.
+    :param k: neighbours per point, ``>= 1``; a point whose sample has at most ``k``
+        other points is linked to all of them.
+    :param batch: ``[N]`` sorted long sample ids, or ``None`` (one sample).
+    :param loop: whether a point may be its own neighbour. Without it, self pairs
+        are removed by index, so duplicated coordinates still link to each other.
+    :param flow: ``"source_to_target"`` (row 0 = neighbour ``j``, row 1 = centre
+        ``i``) or ``"target_to_source"`` (row 0 = centre, row 1 = neighbour).
+    :param chunk_size: pure torch only; see :func:`knn`.
+    :param use_cluster: see :func:`knn`.
+    :returns: ``[2, E]`` long ``edge_index``.
+    :raises BottleneckError: on invalid inputs.
+    """
+    pos = _check_points(pos, "pos")
+    k = _check_k(k)
+    batch = _check_batch(batch, pos.shape[0], pos.device, "batch")
+    if flow not in ("source_to_target", "target_to_source"):
+        raise BottleneckError(
+            f"flow must be 'source_to_target' or 'target_to_source'; got {flow!r}"
+        )
+    chunk_size = _check_chunk_size(chunk_size)
+    if _resolve_cluster(use_cluster):
+        return _torch_cluster.knn_graph(pos, k, batch, loop=bool(loop), flow=flow)
+    if loop:
+        center_nbr = _knn_torch(pos, pos, k, batch, batch, chunk_size=chunk_size)
+    else:
+        center_nbr = _knn_torch(pos, pos, k, batch, batch, chunk_size=chunk_size, exclude_self=True)
+    if flow == "source_to_target":
+        return center_nbr.flip(0)
+    return center_nbr
+
+
+def fps(
+    pos: Tensor,
+    batch: Tensor | None = None,
+    ratio: float = 0.5,
+    *,
+    random_start: bool = True,
+    use_cluster: bool | None = None,
+) -> Tensor:
+    """Farthest point sampling: a well-spread subset of each sample's points.
+
+    Greedily picks, per sample, the point farthest from all points picked so far,
+    which covers the shape far better than a uniform random subset; used to choose
+    centres for neighbourhoods and to cap the number of units. Same semantics as
+    ``torch_cluster.fps``. All samples advance together: one iteration per picked
+    point, each an ``O(N)`` update of a running min-distance vector and a segment max.
+
+    :param pos: ``[N, D]`` finite float coordinates.
+    :param batch: ``[N]`` sorted long sample ids, or ``None`` (one sample).
+    :param ratio: fraction in ``(0, 1]``; sample ``i`` keeps ``ceil(ratio * n_i)`` points.
+    :param random_start: start each sample at a random point (torch's global RNG);
+        otherwise at its first point.
+    :param use_cluster: see :func:`knn`.
+    :returns: ``[S]`` long indices into ``pos``, grouped by sample in ascending
+        order, each sample's in pick order; indices are distinct.
+    :raises BottleneckError: on invalid inputs.
+    """
+    pos = _check_points(pos, "pos")
+    batch = _check_batch(batch, pos.shape[0], pos.device, "batch")
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, (int, float))
+        or not math.isfinite(ratio)
+        or not 0.0 < ratio <= 1.0
+    ):
+        raise BottleneckError(f"ratio must be a number in (0, 1]; got {ratio!r}")
+    if _resolve_cluster(use_cluster):
+        return _torch_cluster.fps(pos, batch, float(ratio), bool(random_start))
+
+    device = pos.device
+    n = pos.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.long, device=device)
+    num_samples = int(batch[-1]) + 1
+    counts = torch.bincount(batch, minlength=num_samples)
+    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    num_pick = torch.ceil(counts.to(torch.float64) * float(ratio)).long().clamp_(max=counts)
+    steps = int(num_pick.max())
+
+    dtype = torch.float32 if pos.dtype in (torch.float16, torch.bfloat16) else pos.dtype
+    p = pos.to(dtype)
+    nonempty = counts > 0
+    if random_start:
+        offset = (torch.rand(num_samples, device=device) * counts).long()
+        offset = torch.minimum(offset, (counts - 1).clamp_min(0))
+    else:
+        offset = torch.zeros_like(counts)
+    current = torch.where(nonempty, ptr[:-1] + offset, 0)  # [B]; empty samples never count
+
+    single = num_samples == 1
+    arange = torch.arange(n, device=device)
+    min_dist = torch.full((n,), math.inf, dtype=dtype, device=device)
+    picks = torch.empty(steps, num_samples, dtype=torch.long, device=device)
+    for t in range(steps):
+        picks[t] = current
+        if t + 1 == steps:
+            break
+        # Squared distance of every point to its own sample's latest pick.
+        center = p.index_select(0, current if single else current.index_select(0, batch))
+        d = (p - center).square_().sum(dim=1)
+        torch.minimum(min_dist, d, out=min_dist)
+        # Picked points sit at -1, below any distance, so they are never picked again,
+        # not even when all remaining points duplicate picked coordinates.
+        min_dist[current[nonempty]] = -1.0
+        if single:
+            current = min_dist.argmax().view(1)
+            continue
+        best = scatter(min_dist, batch, dim=0, dim_size=num_samples, reduce="max")
+        candidate = torch.where(min_dist == best.index_select(0, batch), arange, n)
+        current = scatter(candidate, batch, dim=0, dim_size=num_samples, reduce="min")
+        current = torch.where(nonempty, current, 0)
+
+    take = torch.arange(steps, device=device).unsqueeze(0) < num_pick.unsqueeze(1)  # [B, T]
+    return picks.t()[take]

@@ -1,0 +1,84 @@
+"""Terms of the bottleneck objective, each a small function or module.
+
+* :func:`rate_loss` — the gate's rate (KL to a prior, or expected L0), per sample;
+* :class:`KeepRateConstraint` — ``mean keep <= target`` held by a Lagrange
+  multiplier updated by dual ascent, so users say ``keep=0.2`` instead of
+  tuning a coefficient (DiffMask / HardKuma style);
+* :func:`smoothness_loss` — total variation of the open probability over the
+  unit graph the plugin supplies;
+* :func:`faithfulness_loss` — KL(p(x) || p(masked x)) for explain mode.
+
+All terms average over units within a sample first and then over samples, so a
+sample of 2000 points weighs as much as one of 200.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import BottleneckError
+from .gates import Gate
+from .segment import segment_mean
+
+
+def per_sample_mean(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """``[N] -> [B]`` mean over each sample's units."""
+    return segment_mean(values, batch, num_samples)
+
+
+def rate_loss(gate: Gate, logits: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """Mean over samples of the per-sample mean rate penalty of ``gate``."""
+    return per_sample_mean(gate.rate(logits), batch, num_samples).mean()
+
+
+def smoothness_loss(p_open: Tensor, edge_index: Tensor | None, batch: Tensor, num_samples: int) -> Tensor:
+    """Total variation ``|p_i - p_j|`` over the unit graph, averaged per sample.
+
+    Returns 0 when the plugin gives no graph.
+    """
+    if edge_index is None or edge_index.numel() == 0:
+        return p_open.new_zeros(())
+    src, dst = edge_index
+    diff = (p_open[src] - p_open[dst]).abs()
+    return segment_mean(diff, batch[dst], num_samples).mean()
+
+
+class KeepRateConstraint(nn.Module):
+    """Holds the mean keep rate at or below ``target`` with a Lagrange multiplier.
+
+    The multiplier is a buffer updated by projected dual ascent on every
+    training forward pass, ``lambda <- max(0, lambda + step * (keep - target))``,
+    so it works with any optimiser and any training loop, and it is saved with
+    the mask. The loss term is ``lambda * keep``: its gradient closes gates
+    exactly as hard as the constraint needs.
+    """
+
+    def __init__(self, target: float, step: float = 0.05) -> None:
+        super().__init__()
+        if not 0.0 < target <= 1.0:
+            raise BottleneckError(f"keep must be a fraction in (0, 1] (got {target!r})")
+        if step < 0:
+            raise BottleneckError(f"constraint step must be >= 0 (got {step})")
+        self.target = float(target)
+        self.step = float(step)
+        self.register_buffer("multiplier", torch.zeros(()))
+
+    def forward(self, keep_rate: Tensor) -> Tensor:
+        """Loss term for the mean keep rate ``keep_rate`` (a scalar tensor)."""
+        if self.training and self.step > 0:
+            with torch.no_grad():
+                violation = keep_rate.detach().float() - self.target
+                self.multiplier.add_(self.step * violation).clamp_(min=0.0)
+        return self.multiplier.to(keep_rate.dtype) * keep_rate
+
+    def extra_repr(self) -> str:
+        return f"target={self.target}, step={self.step}"
+
+
+def faithfulness_loss(reference_logits: Tensor, masked_logits: Tensor) -> Tensor:
+    """KL(p(x) || p(masked x)) per sample, averaged; ``reference_logits`` carry no gradient."""
+    log_p = F.log_softmax(reference_logits.detach().float(), dim=-1)
+    log_q = F.log_softmax(masked_logits.float(), dim=-1)
+    return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")

@@ -1,0 +1,45 @@
+"""The permutation-equivariant scorer: one logit per unit, for any number of units.
+
+Each unit's features go through a shared MLP; a pooled per-sample context
+(segment max and mean of those features) is concatenated back onto every unit;
+a second MLP maps that to the gate logits. Permuting the units of a sample
+permutes the logits and nothing else, and samples of any size work — unlike
+predicting one logit per array index from a global vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .segment import segment_max, segment_mean
+
+
+class EquivariantScorer(nn.Module):
+    """Per-unit MLP + pooled context -> ``[N, out_features]`` logits.
+
+    :param hidden: width of both MLPs.
+    :param out_features: logits per unit (1, or 2 for gates that predict a scale).
+    :param in_features: unit feature size, or ``None`` to infer it on the first call.
+    """
+
+    def __init__(self, hidden: int = 64, out_features: int = 1, in_features: int | None = None) -> None:
+        super().__init__()
+        first = nn.Linear(in_features, hidden) if in_features else nn.LazyLinear(hidden)
+        self.hidden, self.out_features, self.in_features = hidden, out_features, in_features
+        self.encode = nn.Sequential(first, nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+
+    def set_output_bias(self, bias: list[float]) -> None:
+        """Initialise the final bias (so gates start at a chosen open probability)."""
+        with torch.no_grad():
+            self.head[-1].bias.copy_(torch.tensor(bias, dtype=self.head[-1].bias.dtype))
+            self.head[-1].weight.mul_(0.1)
+
+    def forward(self, x: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+        h = self.encode(x)
+        context = torch.cat([segment_max(h, batch, num_samples), segment_mean(h, batch, num_samples)], -1)
+        return self.head(torch.cat([h, context[batch]], dim=-1))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}"

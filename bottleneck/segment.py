@@ -1,0 +1,78 @@
+"""Segment (scatter) operations on the flat ragged layout of :class:`~bottleneck.units.Units`.
+
+One implementation for every modality: reductions per sample, broadcasting a
+per-sample value back to its units, per-sample top-k and compaction of a kept
+subset with index remapping. No Python loops over samples.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+from .units import counts_to_ptr
+
+
+def segment_sum(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """Sum of ``values`` over the units of each sample (``[N, ...] -> [B, ...]``)."""
+    return scatter(values, batch, dim=0, dim_size=num_samples, reduce="sum")
+
+
+def segment_mean(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """Mean of ``values`` over the units of each sample; empty samples give 0."""
+    return scatter(values, batch, dim=0, dim_size=num_samples, reduce="mean")
+
+
+def segment_max(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """Max of ``values`` over the units of each sample; empty samples give 0."""
+    return scatter(values, batch, dim=0, dim_size=num_samples, reduce="max")
+
+
+def segment_rank(scores: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """Rank of each unit within its sample by descending score (0 = highest).
+
+    Two stable sorts (by score, then by sample) order the units sample by sample
+    with scores descending inside each; the rank is the position minus the
+    sample's offset.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(batch[order], stable=True)]
+    counts = torch.bincount(batch, minlength=num_samples)
+    ptr = counts_to_ptr(counts)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=scores.device) - ptr[batch[order]]
+    return rank
+
+
+def keep_counts(counts: Tensor, keep: float, minimum: int = 1) -> Tensor:
+    """Units to keep per sample: ``ceil(keep * n_i)``, at least ``minimum`` (at most ``n_i``)."""
+    k = torch.ceil(counts.to(torch.float64) * keep - 1e-9).long()
+    return torch.minimum(k.clamp(min=minimum), counts)
+
+
+def segment_topk_mask(
+    scores: Tensor, batch: Tensor, num_samples: int, keep: float | Tensor, minimum: int = 1
+) -> Tensor:
+    """Boolean ``[N]`` mask of each sample's top ``ceil(keep * n_i)`` units by score.
+
+    ``keep`` is a fraction in (0, 1] or a ``[B]`` tensor of per-sample counts.
+    """
+    counts = torch.bincount(batch, minlength=num_samples)
+    k = keep if isinstance(keep, Tensor) else keep_counts(counts, keep, minimum)
+    return segment_rank(scores, batch, num_samples) < k[batch]
+
+
+def compact(keep: Tensor, batch: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Remove the units where ``keep`` is False.
+
+    :returns: ``(index, new_batch, remap)`` — ``index`` are the kept units' old
+        positions, ``new_batch`` their sample ids (samples keep their ids), and
+        ``remap`` maps an old unit index to its new one (``-1`` if dropped), for
+        rewriting edge indices.
+    """
+    index = keep.nonzero(as_tuple=False).view(-1)
+    remap = torch.full((keep.numel(),), -1, dtype=torch.long, device=keep.device)
+    remap[index] = torch.arange(index.numel(), device=keep.device)
+    return index, batch[index], remap
+

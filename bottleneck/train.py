@@ -1,0 +1,194 @@
+"""``fit`` and ``evaluate``: a small training loop for plain and masked models.
+
+``fit`` trains a :class:`~bottleneck.wrap.MaskedModel` (task loss + bottleneck
+loss, or the bottleneck loss alone in explain mode) or any plain classifier,
+with a progress bar that shows the task loss, each bottleneck term and the
+current keep rate, and returns the per-epoch history.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .errors import BottleneckError, describe
+from .wrap import MaskedModel, MaskedOutput, _logits_of
+
+Batch = Any
+
+
+def split_batch(batch: Batch) -> tuple[Any, Tensor | None]:
+    """``(inputs, targets)`` from a loader batch: a ``(inputs, targets)`` pair or an object with ``.y``."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) != 2:
+            raise BottleneckError(f"a batch tuple must be (inputs, targets) (got {len(batch)} items)")
+        return batch[0], batch[1]
+    if isinstance(batch, dict) and "labels" in batch:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return inputs, batch["labels"]
+    return batch, getattr(batch, "y", None)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if hasattr(value, "to"):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class History:
+    """Per-epoch means of every logged quantity (``loss``, ``task``, ``keep_rate``, ...)."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def last(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def fit(
+    model: nn.Module,
+    data: Iterable[Batch],
+    *,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    description: str = "train",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> History:
+    """Train ``model`` on ``data`` (a re-iterable loader of batches).
+
+    :param model: a :class:`MaskedModel` or a plain classifier returning logits.
+    :param data: batches as ``(inputs, targets)`` pairs, or PyG batches with ``.y``.
+    :param loss_fn: task loss on ``(logits, targets)``; unused in explain mode.
+    :param device: move the model and each batch there (default: the model's device).
+    :param on_epoch: called with ``(epoch, means)`` after each epoch.
+    """
+    if epochs < 1:
+        raise BottleneckError(f"epochs must be >= 1 (got {epochs})")
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    model.to(device)
+    masked = model if isinstance(model, MaskedModel) else None
+    num_batches = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+    optimizer: torch.optim.Optimizer | None = None
+    history = History()
+    model.train()
+    total_steps = epochs * (num_batches or 1)
+    step = 0
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(data, total=num_batches, desc=f"{description} {epoch + 1}/{epochs}",
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        for batch in bar:
+            inputs, targets = split_batch(_to(batch, device))
+            if masked is not None:
+                masked.mask.anneal(min(step / max(total_steps - 1, 1), 1.0))
+            result = model(inputs)
+            logged: dict[str, Tensor] = {}
+            if isinstance(result, MaskedOutput):
+                loss = result.ib_loss
+                if masked is None or masked.mode == "joint":
+                    task = loss_fn(_logits_of(result.output), _target(targets))
+                    loss = loss + task
+                    logged["task"] = task.detach()
+                logged.update(result.terms)
+            else:
+                task = loss_fn(_logits_of(result), _target(targets))
+                loss = task
+                logged["task"] = task.detach()
+            if not torch.isfinite(loss):
+                raise BottleneckError(f"training loss became {float(loss)} at epoch {epoch + 1}, step {step}")
+            if optimizer is None:  # after the first call, so lazily sized layers exist
+                params = [p for p in model.parameters() if p.requires_grad]
+                optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            logged["loss"] = loss.detach()
+            count += 1
+            for key, value in logged.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            bar.set_postfix({k: f"{sums[k] / count:.3g}" for k in ("loss", "task", "keep_rate", "multiplier") if k in sums})
+        means = {k: v / max(count, 1) for k, v in sums.items()}
+        history.epochs.append(means)
+        if progress:
+            tqdm.write(f"{description} epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
+        if on_epoch is not None:
+            on_epoch(epoch, means)
+    model.eval()
+    return history
+
+
+def _target(targets: Tensor | None) -> Tensor:
+    if targets is None:
+        raise BottleneckError("joint training needs targets: batches as (inputs, targets) or with .y")
+    return targets.view(-1) if targets.dim() > 1 and targets.shape[-1] == 1 else targets
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Iterable[Batch],
+    *,
+    sparse_keep: float | None = None,
+    sparse: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Accuracy of ``model`` on ``data``; for a masked model also the keep rate.
+
+    :param sparse: evaluate :meth:`MaskedModel.sparse` (kept units only).
+    :param sparse_keep: the fraction of units each sample keeps in sparse mode
+        (``None``: the units whose deterministic gate is open).
+    :returns: ``accuracy``; for masked models ``keep_rate`` (fraction of units the
+        model received, averaged over samples) and ``expected_keep_rate``.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    kept_fraction: list[Tensor] = []
+    expected: list[Tensor] = []
+    try:
+        for batch in data:
+            inputs, targets = split_batch(_to(batch, device))
+            targets = _target(targets)
+            if isinstance(model, MaskedModel) and sparse:
+                out = model.sparse(inputs, keep=sparse_keep)
+                logits = _logits_of(out.output)
+                kept_fraction.append(out.kept_counts / out.units.counts())
+            elif isinstance(model, MaskedModel):
+                out = model(inputs)
+                logits = _logits_of(out.output)
+                open_counts = torch.bincount(out.units.batch[out.gates > 0], minlength=out.units.num_samples)
+                kept_fraction.append(open_counts / out.units.counts())
+                expected.append(out.keep_rate)
+            else:
+                logits = _logits_of(model(inputs))
+            if logits.shape[0] != targets.shape[0]:
+                raise BottleneckError(f"model returned {describe(logits)} for {targets.shape[0]} targets")
+            correct += int((logits.argmax(-1) == targets).sum())
+            total += int(targets.shape[0])
+    finally:
+        model.train(was_training)
+    result = {"accuracy": correct / max(total, 1)}
+    if kept_fraction:
+        result["keep_rate"] = float(torch.cat(kept_fraction).float().mean())
+    if expected:
+        result["expected_keep_rate"] = float(torch.cat(expected).float().mean())
+    return {k: (v if not math.isnan(v) else 0.0) for k, v in result.items()}

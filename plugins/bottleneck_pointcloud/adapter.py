@@ -1,0 +1,213 @@
+"""Point clouds as units: PyG ``Data``/``Batch`` (pos, optional x, batch) or dense ``[B, N, 3]``.
+
+Units are points; the unit graph is the kNN graph on coordinates. Baselines:
+
+* ``remove`` (default) — points whose gate is exactly 0 are removed from the
+  cloud; the others move towards the sample centroid by ``1 - gate``, which
+  keeps a gradient. Training then sees what sparse inference sees. On dense
+  tensors, which cannot be ragged, removed points sit at the centroid.
+* ``centroid`` — every point is blended towards its sample's centroid.
+* ``zero`` — coordinates are scaled by the gate (PointMask's released code).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch_geometric.data.data import BaseData
+from torch_geometric.utils import to_dense_batch
+
+from bottleneck.errors import BottleneckError, describe
+from bottleneck.modality import Modality
+from bottleneck.neighbors import knn_graph
+from bottleneck.segment import compact, segment_mean
+from bottleneck.units import Units, batch_from_counts, counts_to_ptr
+
+#: Neighbours per point in the unit graph used for smoothness.
+GRAPH_K = 8
+
+
+def _check_coordinates(pos: Any, what: str) -> Tensor:
+    if not isinstance(pos, Tensor):
+        raise BottleneckError(f"{what} must be a float tensor of coordinates (got {describe(pos)})")
+    if not pos.is_floating_point():
+        raise BottleneckError(f"{what} must be a floating-point tensor (got {describe(pos)})")
+    if not torch.isfinite(pos).all():
+        bad = int((~torch.isfinite(pos)).any(-1).sum())
+        raise BottleneckError(f"{what} holds NaN or Inf coordinates ({bad} points); clean the cloud first")
+    return pos
+
+
+def _check_batch(batch: Tensor, num_points: int, num_samples: int | None) -> tuple[Tensor, int]:
+    if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != num_points:
+        raise BottleneckError(
+            f"batch vector must be a [N] long tensor with N={num_points} points (got {describe(batch)})"
+        )
+    if batch.dtype != torch.long:
+        raise BottleneckError(f"batch vector must be torch.long (got {describe(batch)})")
+    if batch.numel() and (batch.min() < 0 or (batch[1:] < batch[:-1]).any()):
+        raise BottleneckError("batch vector must be sorted and non-negative (PyG convention)")
+    inferred = int(batch.max()) + 1 if batch.numel() else 0
+    if num_samples is None:
+        num_samples = inferred
+    elif inferred > num_samples:
+        raise BottleneckError(
+            f"batch vector names sample {inferred - 1} but the batch has {num_samples} samples"
+        )
+    counts = torch.bincount(batch, minlength=num_samples)
+    if (counts == 0).any():
+        empty = (counts == 0).nonzero().view(-1)[:5].tolist()
+        raise BottleneckError(f"empty point cloud: samples {empty} have 0 points (every cloud needs >= 1)")
+    return batch, num_samples
+
+
+class PointCloudModality(Modality):
+    """Adapter for point-cloud classifiers (PyG models or dense ``[B, N, 3]`` models)."""
+
+    name = "pointcloud"
+    baselines = ("remove", "centroid", "zero")
+
+    def accepts(self, inputs: Any) -> bool:
+        if isinstance(inputs, BaseData):
+            return getattr(inputs, "pos", None) is not None
+        return isinstance(inputs, Tensor) and inputs.dim() == 3 and inputs.shape[-1] == 3 and inputs.is_floating_point()
+
+    # -- inputs -> units ------------------------------------------------------
+    def to_units(self, inputs: Any, *, with_graph: bool = True) -> Units:
+        if isinstance(inputs, BaseData):
+            pos = getattr(inputs, "pos", None)
+            if pos is None:
+                raise BottleneckError("point-cloud Data needs .pos with [N, 3] coordinates (got none)")
+            pos = _check_coordinates(pos, "Data.pos")
+            if pos.dim() != 2 or pos.shape[1] != 3:
+                raise BottleneckError(f"Data.pos must be [N, 3] (got {describe(pos)})")
+            if pos.shape[0] == 0:
+                raise BottleneckError("empty point cloud: Data.pos has 0 points")
+            batch = getattr(inputs, "batch", None)
+            declared = getattr(inputs, "num_graphs", None) if batch is not None else 1
+            if batch is None:
+                batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+            batch, num_samples = _check_batch(batch, pos.shape[0], declared)
+            extra = getattr(inputs, "x", None)
+            if extra is not None:
+                extra = _check_coordinates(extra, "Data.x")
+                if extra.dim() != 2 or extra.shape[0] != pos.shape[0]:
+                    raise BottleneckError(f"Data.x must be [N, F] with N={pos.shape[0]} (got {describe(extra)})")
+            kind = "pyg"
+        elif isinstance(inputs, Tensor):
+            if inputs.dim() != 3 or inputs.shape[-1] != 3:
+                raise BottleneckError(f"dense point clouds must be [B, N, 3] (got {describe(inputs)})")
+            _check_coordinates(inputs, "point cloud tensor")
+            num_samples, num_points = inputs.shape[:2]
+            if num_samples == 0 or num_points == 0:
+                raise BottleneckError(f"empty point cloud: got {describe(inputs)}")
+            pos = inputs.reshape(-1, 3)
+            batch = batch_from_counts(torch.full((num_samples,), num_points, device=pos.device))
+            extra, kind = None, "dense"
+        else:
+            raise BottleneckError(
+                f"point clouds must be a PyG Data/Batch or a [B, N, 3] tensor (got {describe(inputs)})"
+            )
+        centroid = segment_mean(pos.detach(), batch, num_samples)
+        centred = pos.detach() - centroid[batch]
+        radius = segment_mean(centred.pow(2).sum(-1), batch, num_samples).sqrt().clamp(min=1e-6)
+        features = centred / radius[batch, None]
+        if extra is not None:
+            features = torch.cat([features, extra.detach().to(features.dtype)], dim=-1)
+        edge_index = knn_graph(pos.detach(), GRAPH_K, batch) if with_graph else None
+        return Units(
+            x=features, batch=batch, num_samples=num_samples, pos=pos, edge_index=edge_index,
+            meta={"kind": kind, "centroid": centroid},
+        )
+
+    # -- gates -> inputs ------------------------------------------------------
+    def apply_gates(self, inputs: Any, units: Units, gates: Tensor, baseline: str) -> Any:
+        self.check_baseline(baseline)
+        pos, gate = units.pos, gates.unsqueeze(-1).to(units.pos.dtype)
+        if baseline == "zero":
+            new_pos = gate * pos
+        else:
+            new_pos = gate * pos + (1.0 - gate) * units.meta["centroid"][units.batch]
+        if units.meta["kind"] == "dense":
+            return new_pos.view_as(inputs)
+        data = copy.copy(inputs)
+        data.pos = new_pos
+        if getattr(inputs, "x", None) is not None:
+            data.x = gate * inputs.x
+        if baseline == "remove":
+            keep = gates > 0
+            keep |= _first_of_each(keep, units)
+            return self._subset(data, units, keep)
+        return data
+
+    def drop_units(self, inputs: Any, units: Units, keep: Tensor) -> Any:
+        if units.meta["kind"] == "dense":
+            dense, valid = to_dense_batch(units.pos[keep], units.batch[keep], batch_size=units.num_samples)
+            # pad short clouds with copies of their first kept point: max/sum-free models
+            # and max pooling see exactly the kept set
+            return torch.where(valid.unsqueeze(-1), dense, dense[:, :1])
+        return self._subset(inputs, units, keep)
+
+    def _subset(self, data: BaseData, units: Units, keep: Tensor) -> BaseData:
+        """A shallow copy of ``data`` holding only the kept points, with batch/ptr rebuilt."""
+        index, new_batch, remap = compact(keep, units.batch, units.num_samples)
+        num_nodes = units.num_units
+        out = copy.copy(data)
+        for key in list(data.keys()):
+            value = data[key]
+            if key in ("batch", "ptr") or not isinstance(value, Tensor):
+                continue
+            if key == "edge_index":
+                continue
+            if value.dim() > 0 and value.shape[0] == num_nodes and data.is_node_attr(key):
+                out[key] = value[index]
+        edge_index = getattr(data, "edge_index", None)
+        if isinstance(edge_index, Tensor):
+            mapped = remap[edge_index]
+            valid = (mapped >= 0).all(0)
+            out.edge_index = mapped[:, valid]
+            for key in list(data.keys()):
+                value = data[key]
+                if key != "edge_index" and isinstance(value, Tensor) and data.is_edge_attr(key):
+                    out[key] = value[valid]
+        if getattr(data, "batch", None) is not None:
+            out.batch = new_batch
+            if getattr(data, "ptr", None) is not None:
+                out.ptr = counts_to_ptr(torch.bincount(new_batch, minlength=units.num_samples))
+        return out
+
+    # -- pictures -------------------------------------------------------------
+    def render(self, inputs: Any, units: Units, relevance: Tensor, out_dir: Path, **options: Any) -> list[Path]:
+        """One PNG per cloud (up to ``max_samples``, default 8), coloured by relevance.
+
+        :param options: ``max_samples``, ``prefix`` (file name start, default ``"cloud"``),
+            ``gt`` (``[N]`` bool ground truth; taken from ``inputs.gt`` when present).
+        """
+        from .render import render_cloud
+
+        max_samples = int(options.get("max_samples", 8))
+        prefix = str(options.get("prefix", "cloud"))
+        gt = options.get("gt", getattr(inputs, "gt", None) if isinstance(inputs, BaseData) else None)
+        pos = units.pos.detach().cpu()
+        counts = units.counts().tolist()
+        pieces = zip(pos.split(counts), relevance.split(counts), strict=True)
+        gts = gt.detach().cpu().split(counts) if gt is not None else [None] * len(counts)
+        paths = []
+        for i, ((cloud, rel), truth) in enumerate(zip(pieces, gts, strict=True)):
+            if i >= max_samples:
+                break
+            paths.append(render_cloud(cloud, rel, out_dir / f"{prefix}_{i:03d}.png", title=f"sample {i}", gt=truth))
+        return paths
+
+
+def _first_of_each(keep: Tensor, units: Units) -> Tensor:
+    """``[N]`` bool marking each sample's first unit where that sample would keep none."""
+    kept_counts = torch.bincount(units.batch[keep], minlength=units.num_samples)
+    first = units.ptr()[:-1]
+    out = torch.zeros_like(keep)
+    out[first[kept_counts == 0]] = True
+    return out

@@ -1,0 +1,422 @@
+"""Procedural point-cloud shapes with a ground-truth discriminative part (no download).
+
+Every cloud is a *body* plus one *part*:
+
+* The body is one of three surfaces -- ellipsoid, box or cylinder -- with random
+  half-extents in ``[0.5, 1.0]`` along each axis. Its type, size and sampling are
+  drawn independently of the label, so the body carries **no** class information.
+* The part is attached just outside the body surface, in a uniformly random
+  direction and with a uniformly random orientation. Its geometry alone decides
+  the class. Every canonical part fits the unit ball with a circumradius of about
+  1, and it is scaled by ``U(0.35, 0.5)`` times the body's mean half-extent, so
+  the part's size, like the body's, says nothing about the class.
+* The part's points are a fraction ``U(part_fraction)`` of the cloud; their mask
+  is the ground truth ``gt``.
+
+The cloud is then centred on its mean, scaled so its farthest point lies on the
+unit sphere, rotated by a uniformly random rotation from the full SO(3)
+(``rotate=True``), jittered with Gaussian noise of standard deviation ``jitter``,
+and its points are shuffled so that their order says nothing about ``gt``.
+
+Part geometries (class index -- name):
+
+====  ==========  ==========================================================
+  0   rod         thin segment of length 2
+  1   disk        flat filled disk of radius 1
+  2   ring        thin torus, radius 0.88
+  3   ball        solid ball of radius 0.8
+  4   cube        surface of a cube with half-side 0.577
+  5   cross       two perpendicular rods of length 2 crossing at their middle
+  6   helix       three turns of radius 0.45 over a height of 1.8
+  7   dumbbell    two solid balls of radius 0.3 whose centres are 1.4 apart
+  8   cone        lateral surface of a cone, height 1.5 and base radius 0.7
+  9   bowl        hemisphere shell of radius 1
+====  ==========  ==========================================================
+
+The default ``num_classes=8`` uses the first eight; up to ten are available.
+Generation is vectorised over samples and deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from bottleneck.errors import BottleneckError
+
+__all__ = [
+    "CLASS_NAMES",
+    "NUM_CLASSES",
+    "PART_NAMES",
+    "make_dense_shapes",
+    "make_shapes",
+]
+
+PART_NAMES: tuple[str, ...] = (
+    "rod",
+    "disk",
+    "ring",
+    "ball",
+    "cube",
+    "cross",
+    "helix",
+    "dumbbell",
+    "cone",
+    "bowl",
+)
+"""Every available part geometry, in class-index order."""
+
+NUM_CLASSES = 8
+"""Number of classes used by default."""
+
+CLASS_NAMES: tuple[str, ...] = PART_NAMES[:NUM_CLASSES]
+"""Names of the default classes (the first :data:`NUM_CLASSES` part geometries)."""
+
+_BODY_TYPES = 3
+_PART_SCALE = (0.35, 0.5)
+_PART_GAP = 0.08
+_ATTACH_CAP = math.radians(35.0)  # the part sits within this angle of the body's +z axis
+_TILT = math.radians(15.0)  # rotate=True: spin about z, then tilt by at most this angle
+_FULL_SO3 = False
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generator) -> Tensor:
+    return torch.rand(shape, generator=gen) * (high - low) + low
+
+
+def _unit_vectors(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    v = torch.randn((*shape, 3), generator=gen)
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _random_rotations(b: int, gen: torch.Generator) -> Tensor:
+    """``b`` rotation matrices drawn uniformly from SO(3) (random unit quaternions)."""
+    q = torch.randn((b, 4), generator=gen)
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(b, 3, 3)
+
+
+def _box_surface(half: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` points uniform on the surface of boxes with half-extents ``half`` [b, 3]."""
+    b = half.shape[0]
+    # Face pairs orthogonal to x, y, z have areas proportional to h_y h_z, h_x h_z, h_x h_y.
+    areas = torch.stack(
+        [half[:, 1] * half[:, 2], half[:, 0] * half[:, 2], half[:, 0] * half[:, 1]], dim=-1
+    )
+    axis = torch.multinomial(areas, n, replacement=True, generator=gen)  # [b, n]
+    pts = (torch.rand((b, n, 3), generator=gen) * 2 - 1) * half[:, None, :]
+    sign = torch.randint(0, 2, (b, n), generator=gen).float() * 2 - 1
+    face = half[:, None, :].expand(b, n, 3).gather(2, axis[..., None]).squeeze(-1) * sign
+    return pts.scatter(2, axis[..., None], face[..., None])
+
+
+def _ellipsoid_surface(half: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` points on the surface of ellipsoids with semi-axes ``half`` [b, 3]."""
+    return _unit_vectors((half.shape[0], n), gen) * half[:, None, :]
+
+
+def _cylinder_surface(half: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` points on closed elliptic cylinders along z (radii ``half[:, :2]``, half-height ``half[:, 2]``)."""
+    b = half.shape[0]
+    r = half[:, :2].mean(-1)
+    side_area = 2 * math.pi * r * 2 * half[:, 2]
+    cap_area = 2 * math.pi * r * r
+    p_side = (side_area / (side_area + cap_area))[:, None]
+    on_side = torch.rand((b, n), generator=gen) < p_side
+    theta = torch.rand((b, n), generator=gen) * 2 * math.pi
+    rho = torch.where(on_side, torch.ones(b, n), torch.rand((b, n), generator=gen).sqrt())
+    sign = torch.randint(0, 2, (b, n), generator=gen).float() * 2 - 1
+    z = torch.where(on_side, torch.rand((b, n), generator=gen) * 2 - 1, sign)
+    return torch.stack(
+        [
+            rho * theta.cos() * half[:, None, 0],
+            rho * theta.sin() * half[:, None, 1],
+            z * half[:, None, 2],
+        ],
+        dim=-1,
+    )
+
+
+def _cap_directions(b: int, cap: float, gen: torch.Generator) -> Tensor:
+    """``b`` unit vectors uniform on the spherical cap within ``cap`` radians of +z."""
+    cos_t = 1 - torch.rand((b,), generator=gen) * (1 - math.cos(cap))
+    sin_t = (1 - cos_t**2).clamp_min(0).sqrt()
+    phi = torch.rand((b,), generator=gen) * 2 * math.pi
+    return torch.stack([sin_t * phi.cos(), sin_t * phi.sin(), cos_t], dim=-1)
+
+
+def _axis_angle(axis: Tensor, angle: Tensor) -> Tensor:
+    """Rotation matrices [b, 3, 3] about unit ``axis`` [b, 3] by ``angle`` [b] (Rodrigues)."""
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).view(-1, 3, 3)
+    s, c = angle.sin()[:, None, None], angle.cos()[:, None, None]
+    return torch.eye(3) + s * k + (1 - c) * (k @ k)
+
+
+def _upright_rotations(b: int, tilt: float, gen: torch.Generator) -> Tensor:
+    """Uniform spin about z followed by a tilt of at most ``tilt`` radians about a horizontal axis."""
+    z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
+    spin = _axis_angle(z, torch.rand((b,), generator=gen) * 2 * math.pi)
+    phi = torch.rand((b,), generator=gen) * 2 * math.pi
+    horizontal = torch.stack([phi.cos(), phi.sin(), torch.zeros(b)], dim=-1)
+    return _axis_angle(horizontal, torch.rand((b,), generator=gen) * tilt) @ spin
+
+
+def _surface_distance(body: Tensor, half: Tensor, u: Tensor) -> Tensor:
+    """Distance from the centre to the body surface along unit directions ``u`` [b, 3]."""
+    eps = 1e-9
+    ellipsoid = 1.0 / ((u / half) ** 2).sum(-1).sqrt()
+    box = (half / u.abs().clamp_min(eps)).min(-1).values
+    r = half[:, :2].mean(-1)
+    cylinder = torch.minimum(
+        r / u[:, :2].norm(dim=-1).clamp_min(eps), half[:, 2] / u[:, 2].abs().clamp_min(eps)
+    )
+    return torch.where(body == 0, ellipsoid, torch.where(body == 1, box, cylinder))
+
+
+def _solid_ball(b: int, n: int, radius: float, gen: torch.Generator) -> Tensor:
+    d = _unit_vectors((b, n), gen)
+    return d * (torch.rand((b, n, 1), generator=gen) ** (1.0 / 3.0)) * radius
+
+
+def _rod(b: int, n: int, gen: torch.Generator, thickness: float = 0.03) -> Tensor:
+    pts = torch.randn((b, n, 3), generator=gen) * thickness
+    pts[..., 0] = torch.rand((b, n), generator=gen) * 2 - 1
+    return pts
+
+
+def _part(kind: int, b: int, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` points of ``b`` canonical parts of geometry ``kind`` (circumradius about 1)."""
+    if kind == 0:  # rod
+        return _rod(b, n, gen)
+    if kind == 1:  # disk
+        rho = torch.rand((b, n), generator=gen).sqrt()
+        theta = torch.rand((b, n), generator=gen) * 2 * math.pi
+        z = torch.randn((b, n), generator=gen) * 0.02
+        return torch.stack([rho * theta.cos(), rho * theta.sin(), z], dim=-1)
+    if kind == 2:  # ring (torus)
+        big, small = 0.88, 0.1
+        u = torch.rand((b, n), generator=gen) * 2 * math.pi
+        v = torch.rand((b, n), generator=gen) * 2 * math.pi
+        w = big + small * v.cos()
+        return torch.stack([w * u.cos(), w * u.sin(), small * v.sin()], dim=-1)
+    if kind == 3:  # solid ball
+        return _solid_ball(b, n, 0.8, gen)
+    if kind == 4:  # cube shell
+        half = torch.full((b, 3), 1.0 / math.sqrt(3.0))
+        return _box_surface(half, n, gen)
+    if kind == 5:  # cross: rod along x or, for half of the points, along y
+        pts = _rod(b, n, gen)
+        swap = torch.rand((b, n), generator=gen) < 0.5
+        return torch.where(swap[..., None], pts[..., [1, 0, 2]], pts)
+    if kind == 6:  # helix
+        t = torch.rand((b, n), generator=gen)
+        angle = t * 3 * 2 * math.pi
+        pts = torch.stack([0.45 * angle.cos(), 0.45 * angle.sin(), 1.8 * t - 0.9], dim=-1)
+        return pts + torch.randn((b, n, 3), generator=gen) * 0.02
+    if kind == 7:  # dumbbell
+        pts = _solid_ball(b, n, 0.3, gen)
+        side = torch.randint(0, 2, (b, n), generator=gen).float() * 1.4 - 0.7
+        pts[..., 0] += side
+        return pts
+    if kind == 8:  # cone (lateral surface), density proportional to the radius
+        h = torch.rand((b, n), generator=gen).sqrt()
+        theta = torch.rand((b, n), generator=gen) * 2 * math.pi
+        rho = 0.7 * h
+        return torch.stack([rho * theta.cos(), rho * theta.sin(), 0.75 - 1.5 * h], dim=-1)
+    if kind == 9:  # bowl (hemisphere shell)
+        d = _unit_vectors((b, n), gen)
+        d[..., 2] = -d[..., 2].abs()
+        return d + torch.tensor([0.0, 0.0, 0.5])
+    raise AssertionError(kind)
+
+
+def _check(name: str, ok: bool, message: str) -> None:
+    if not ok:
+        raise BottleneckError(f"{name}: {message}")
+
+
+def _generate(
+    counts: Tensor,
+    *,
+    num_classes: int,
+    part_fraction: tuple[float, float],
+    rotate: bool,
+    jitter: float,
+    gen: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Dense clouds padded to ``counts.max()`` points.
+
+    Returns ``pos`` [b, m, 3], ``labels`` [b], ``gt`` [b, m] and ``valid`` [b, m];
+    the valid points of each sample come first, in random order.
+    """
+    b = counts.numel()
+    m = int(counts.max())
+    labels = (torch.arange(b) % num_classes)[torch.randperm(b, generator=gen)]
+
+    # Body: type, half-extents and surface points, independent of the label.
+    body = torch.randint(0, _BODY_TYPES, (b,), generator=gen)
+    half = _uniform((b, 3), 0.5, 1.0, gen)
+    pts = torch.empty((b, m, 3))
+    for kind, sampler in enumerate((_ellipsoid_surface, _box_surface, _cylinder_surface)):
+        idx = (body == kind).nonzero().squeeze(1)
+        if idx.numel():
+            pts[idx] = sampler(half[idx], m, gen)
+
+    # Part: canonical geometry by label, random orientation and scale, placed outside the body.
+    part = torch.empty((b, m, 3))
+    for kind in range(num_classes):
+        idx = (labels == kind).nonzero().squeeze(1)
+        if idx.numel():
+            part[idx] = _part(kind, idx.numel(), m, gen)
+    scale = _uniform((b,), *_PART_SCALE, gen) * half.mean(-1)
+    part = part @ _random_rotations(b, gen).transpose(1, 2) * scale[:, None, None]
+    u = _cap_directions(b, _ATTACH_CAP, gen)
+    dist = _surface_distance(body, half, u) + scale * (1.0 + _PART_GAP)
+    part = part + (u * dist[:, None])[:, None, :]
+
+    # Slots [0, n_part) hold part points, [n_part, n) body points, [n, m) padding.
+    frac = _uniform((b,), *part_fraction, gen)
+    n_part = (frac * counts).round().long().clamp(1, None).minimum(counts - 1).clamp_min(0)
+    slot = torch.arange(m)[None, :]
+    gt = slot < n_part[:, None]
+    valid = slot < counts[:, None]
+    pos = torch.where(gt[..., None], part, pts)
+
+    # Centre, scale to the unit sphere, rotate, jitter.
+    w = valid[..., None].float()
+    centre = (pos * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+    pos = (pos - centre) * w
+    radius = pos.norm(dim=-1).amax(dim=1).clamp_min(1e-12)
+    pos = pos / radius[:, None, None]
+    if rotate:
+        rot = _random_rotations(b, gen) if _FULL_SO3 else _upright_rotations(b, _TILT, gen)
+        pos = pos @ rot.transpose(1, 2)
+    if jitter > 0:
+        pos = pos + torch.randn((b, m, 3), generator=gen) * jitter
+
+    # Shuffle the valid points of each sample, keeping padding at the end.
+    keys = torch.rand((b, m), generator=gen).masked_fill(~valid, 2.0)
+    order = keys.argsort(dim=1)
+    pos = pos.gather(1, order[..., None].expand(b, m, 3))
+    gt = gt.gather(1, order)
+    return pos.float(), labels, gt, valid.gather(1, order)
+
+
+def _validate(
+    num_samples: int,
+    num_classes: int,
+    part_fraction: tuple[float, float],
+    jitter: float,
+) -> None:
+    _check("num_samples", isinstance(num_samples, int) and num_samples >= 0, f"expected an int >= 0, got {num_samples!r}")
+    _check(
+        "num_classes",
+        isinstance(num_classes, int) and 1 <= num_classes <= len(PART_NAMES),
+        f"expected an int in [1, {len(PART_NAMES)}], got {num_classes!r}",
+    )
+    lo, hi = part_fraction
+    _check("part_fraction", 0.0 < lo <= hi < 1.0, f"expected 0 < low <= high < 1, got {part_fraction!r}")
+    _check("jitter", jitter >= 0.0, f"expected >= 0, got {jitter!r}")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def make_shapes(
+    num_samples: int,
+    *,
+    num_classes: int = NUM_CLASSES,
+    min_points: int = 256,
+    max_points: int = 512,
+    part_fraction: tuple[float, float] = (0.2, 0.3),
+    rotate: bool = True,
+    jitter: float = 0.01,
+    seed: int = 0,
+) -> list[Data]:
+    """Generate ``num_samples`` labelled point clouds with ragged point counts.
+
+    Each sample is a :class:`~torch_geometric.data.Data` with ``pos`` [n, 3]
+    (float32), ``y`` (long, shape [1]) and ``gt`` [n] (bool, True on the points
+    of the discriminative part), where ``n`` is uniform in
+    ``[min_points, max_points]``. Labels are balanced (each class appears
+    ``num_samples // num_classes`` or one more times) and shuffled. The clouds
+    are centred, scaled to the unit sphere, rotated uniformly over SO(3) when
+    ``rotate`` and jittered by ``N(0, jitter^2)``; see the module docstring for
+    the bodies and the parts. The same ``seed`` gives the same samples.
+    """
+    _validate(num_samples, num_classes, part_fraction, jitter)
+    _check(
+        "min_points/max_points",
+        2 <= min_points <= max_points,
+        f"expected 2 <= min_points <= max_points, got {min_points} and {max_points}",
+    )
+    if num_samples == 0:
+        return []
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.randint(min_points, max_points + 1, (num_samples,), generator=gen)
+    pos, labels, gt, _ = _generate(
+        counts,
+        num_classes=num_classes,
+        part_fraction=part_fraction,
+        rotate=rotate,
+        jitter=jitter,
+        gen=gen,
+    )
+    return [
+        Data(pos=pos[i, :n].clone(), y=labels[i : i + 1].clone(), gt=gt[i, :n].clone())
+        for i, n in enumerate(counts.tolist())
+    ]
+
+
+def make_dense_shapes(
+    num_samples: int,
+    num_points: int = 512,
+    *,
+    num_classes: int = NUM_CLASSES,
+    part_fraction: tuple[float, float] = (0.2, 0.3),
+    rotate: bool = True,
+    jitter: float = 0.01,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Generate ``num_samples`` clouds of exactly ``num_points`` points each.
+
+    Returns ``pos`` [B, N, 3] float32, ``labels`` [B] long and ``gt`` [B, N]
+    bool. Same shapes and options as :func:`make_shapes`.
+    """
+    _validate(num_samples, num_classes, part_fraction, jitter)
+    _check("num_points", isinstance(num_points, int) and num_points >= 2, f"expected an int >= 2, got {num_points!r}")
+    if num_samples == 0:
+        return torch.empty(0, num_points, 3), torch.empty(0, dtype=torch.long), torch.empty(0, num_points, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.full((num_samples,), num_points, dtype=torch.long)
+    pos, labels, gt, _ = _generate(
+        counts,
+        num_classes=num_classes,
+        part_fraction=part_fraction,
+        rotate=rotate,
+        jitter=jitter,
+        gen=gen,
+    )
+    return pos.contiguous(), labels, gt.contiguous()

@@ -1,0 +1,174 @@
+"""Reference point-cloud classifiers built from torch_geometric layers.
+
+Both models take either a PyG :class:`~torch_geometric.data.Data` /
+:class:`~torch_geometric.data.Batch` (``pos`` [N, 3], optional ``x`` and
+``batch``; a missing ``batch`` means one sample) or a dense float tensor of
+shape [B, N, 3] (or [N, 3] for one sample), and return logits [B, num_classes].
+Samples may have different point counts; no Python loop runs over samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import MLP, EdgeConv, global_max_pool
+
+from bottleneck.errors import BottleneckError, describe
+from bottleneck.neighbors import knn_graph
+
+__all__ = ["DGCNN", "PointNet", "TNet"]
+
+
+def _unpack(data: Any, in_channels: int = 3) -> tuple[Tensor, Tensor | None, Tensor, int]:
+    """``(pos, x, batch, num_samples)`` from a PyG Data/Batch or a dense tensor."""
+    if isinstance(data, Tensor):
+        if data.dim() == 2:
+            data = data.unsqueeze(0)
+        if data.dim() != 3 or data.shape[-1] != in_channels or not data.is_floating_point():
+            raise BottleneckError(
+                f"expected a float tensor of shape [B, N, {in_channels}] or [N, {in_channels}], "
+                f"got {describe(data)}"
+            )
+        b, n, _ = data.shape
+        flat = data.reshape(b * n, in_channels)
+        batch = torch.arange(b, device=data.device).repeat_interleave(n)
+        x = flat[:, 3:] if in_channels > 3 else None
+        return flat[:, :3], x, batch, b
+    pos = getattr(data, "pos", None)
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3:
+        raise BottleneckError(
+            f"expected a PyG Data/Batch with pos of shape [N, 3] or a dense [B, N, 3] tensor, "
+            f"got {describe(data) if pos is None else describe(pos)}"
+        )
+    x = None
+    if in_channels > 3:
+        x = getattr(data, "x", None)
+        if not isinstance(x, Tensor) or x.shape != (pos.shape[0], in_channels - 3):
+            raise BottleneckError(
+                f"in_channels={in_channels} needs data.x of shape [{pos.shape[0]}, {in_channels - 3}], "
+                f"got {describe(x)}"
+            )
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        return pos, x, torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device), 1
+    num_graphs = getattr(data, "num_graphs", None)
+    b = int(num_graphs) if num_graphs is not None else (int(batch.max()) + 1 if batch.numel() else 0)
+    return pos, x, batch, b
+
+
+def _mlp(channels: list[int], *, dropout: float = 0.0, plain_last: bool = False) -> MLP:
+    """Shared per-point MLP with BatchNorm over points (works even for one point)."""
+    return MLP(
+        channels,
+        norm="batch_norm",
+        norm_kwargs={"allow_single_element": True},
+        dropout=dropout,
+        plain_last=plain_last,
+    )
+
+
+class TNet(nn.Module):
+    """Input transform network: predicts one 3x3 matrix per sample, identity at start.
+
+    A shared per-point MLP, a per-sample max pool and a small MLP regress the 9
+    entries; the last layer starts at zero weights and identity bias.
+    """
+
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        self.point_mlp = _mlp([3, hidden, 2 * hidden])
+        self.head = _mlp([2 * hidden, hidden, 9], plain_last=True)
+        last = self.head.lins[-1]
+        nn.init.zeros_(last.weight)
+        with torch.no_grad():
+            last.bias.copy_(torch.eye(3).flatten())
+
+    def forward(self, pos: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+        """Transforms [num_samples, 3, 3] for points ``pos`` [N, 3] of samples ``batch``."""
+        h = global_max_pool(self.point_mlp(pos), batch, size=num_samples)
+        return self.head(h).view(num_samples, 3, 3)
+
+
+class PointNet(nn.Module):
+    """PointNet classifier (Qi et al., 2017), small version.
+
+    Input T-Net (optional) -> shared per-point MLP ``in -> h -> 2h -> 4h`` with
+    BatchNorm -> global max pool per sample -> classifier ``4h -> 2h -> h -> C``
+    with dropout. The T-Net's 3x3 transform is applied to ``pos`` only; extra
+    point features (``data.x``, used when ``in_channels > 3``) are concatenated
+    after it.
+
+    Args:
+        num_classes: number of output logits.
+        in_channels: point feature size, 3 for coordinates only, more to append ``data.x``.
+        hidden: base width ``h``.
+        tnet: use the input transform network.
+    """
+
+    def __init__(
+        self, num_classes: int, *, in_channels: int = 3, hidden: int = 64, tnet: bool = True
+    ) -> None:
+        super().__init__()
+        if in_channels < 3:
+            raise BottleneckError(f"in_channels must be >= 3 (xyz first), got {in_channels}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.tnet = TNet(hidden) if tnet else None
+        self.point_mlp = _mlp([in_channels, hidden, 2 * hidden, 4 * hidden])
+        self.classifier = _mlp([4 * hidden, 2 * hidden, hidden, num_classes], dropout=0.3, plain_last=True)
+
+    def forward(self, data: Any) -> Tensor:
+        """Logits [B, num_classes] for a PyG Data/Batch or a dense [B, N, in_channels] tensor."""
+        pos, x, batch, b = _unpack(data, self.in_channels)
+        if self.tnet is not None:
+            transform = self.tnet(pos, batch, b)
+            pos = torch.bmm(pos.unsqueeze(1), transform[batch]).squeeze(1)
+        h = pos if x is None else torch.cat([pos, x], dim=-1)
+        h = global_max_pool(self.point_mlp(h), batch, size=b)
+        return self.classifier(h)
+
+
+class DGCNN(nn.Module):
+    """Dynamic Graph CNN classifier (Wang et al., 2019), small version.
+
+    Three :class:`~torch_geometric.nn.EdgeConv` layers with max aggregation; the
+    kNN graph (``k`` neighbours, within each sample) is recomputed from the
+    features of each layer's input -- coordinates first, then learned features.
+    The concatenated layer outputs go through a per-point MLP, a global max pool
+    and a classifier with dropout.
+
+    Args:
+        num_classes: number of output logits.
+        k: neighbours per point (fewer when a sample has fewer points).
+        hidden: base width ``h`` of the EdgeConv layers.
+    """
+
+    def __init__(self, num_classes: int, *, k: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        if k < 1:
+            raise BottleneckError(f"k must be >= 1, got {k}")
+        self.num_classes = num_classes
+        self.k = k
+        self.convs = nn.ModuleList(
+            [
+                EdgeConv(_mlp([2 * 3, hidden, hidden]), aggr="max"),
+                EdgeConv(_mlp([2 * hidden, hidden, hidden]), aggr="max"),
+                EdgeConv(_mlp([2 * hidden, 2 * hidden, 2 * hidden]), aggr="max"),
+            ]
+        )
+        self.point_mlp = _mlp([4 * hidden, 8 * hidden])
+        self.classifier = _mlp([8 * hidden, 4 * hidden, hidden, num_classes], dropout=0.5, plain_last=True)
+
+    def forward(self, data: Any) -> Tensor:
+        """Logits [B, num_classes] for a PyG Data/Batch or a dense [B, N, 3] tensor."""
+        pos, _, batch, b = _unpack(data)
+        h = pos
+        outs = []
+        for conv in self.convs:
+            edge_index = knn_graph(h.detach(), self.k, batch, loop=False)
+            h = conv(h, edge_index)
+            outs.append(h)
+        h = self.point_mlp(torch.cat(outs, dim=-1))
+        return self.classifier(global_max_pool(h, batch, size=b))

@@ -1,0 +1,118 @@
+"""Every gate: values in range, expected-open matches Monte Carlo, finite gradients at
+extreme logits, deterministic mode is deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bottleneck.errors import BottleneckError
+from bottleneck.gates import BUILTIN_GATES, Gate
+from bottleneck.plugins import make_gate
+
+GATE_NAMES = [g.name for g in BUILTIN_GATES]
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def logits_for(gate: Gate, values: list[float]) -> torch.Tensor:
+    base = torch.tensor(values, dtype=torch.float32)
+    if gate.params_per_unit == 2:  # gaussian: (mu, log sigma)
+        return torch.stack([base, base.flip(0).clamp(-3, 2)], dim=-1)
+    return base
+
+
+finite_logits = st.lists(st.floats(-30, 30, allow_nan=False, width=32), min_size=1, max_size=40)
+
+
+@pytest.mark.parametrize("name", GATE_NAMES)
+@SETTINGS
+@given(values=finite_logits, keep=st.floats(0.05, 1.0))
+def test_values_stay_in_range(name: str, values: list[float], keep: float) -> None:
+    gate = make_gate(name, keep=keep)
+    logits = logits_for(gate, values)
+    for sample in (gate.rsample(logits), gate.deterministic(logits), gate.expected_open(logits)):
+        assert sample.shape == (len(values),)
+        assert torch.isfinite(sample).all()
+        assert (sample >= 0).all() and (sample <= 1).all()
+
+
+@pytest.mark.parametrize("name", GATE_NAMES)
+@SETTINGS
+@given(values=st.lists(st.floats(-4, 4, width=32), min_size=1, max_size=8))
+def test_expected_open_matches_monte_carlo(name: str, values: list[float]) -> None:
+    torch.manual_seed(0)
+    gate = make_gate(name, keep=0.5)
+    logits = logits_for(gate, values)
+    draws = 4000
+    repeated = logits.repeat(draws, *([1] * (logits.dim() - 1)))
+    batch = torch.arange(draws).repeat_interleave(len(values))
+    samples = gate.rsample(repeated, batch, draws).view(draws, len(values))
+    empirical = (samples > 0.5 if name == "concrete" else samples > 0).float().mean(0)
+    expected = gate.expected_open(logits, torch.zeros(len(values), dtype=torch.long), 1)
+    # 4000 Bernoulli draws: 4 standard errors is at most 0.032
+    assert torch.allclose(empirical, expected.detach(), atol=0.035), (empirical, expected)
+
+
+@pytest.mark.parametrize("name", GATE_NAMES)
+@pytest.mark.parametrize("extreme", [1e4, -1e4])
+def test_gradients_finite_at_extreme_logits(name: str, extreme: float) -> None:
+    gate = make_gate(name, keep=0.3)
+    logits = logits_for(gate, [extreme, -extreme, 0.0, extreme]).requires_grad_(True)
+    total = gate.rsample(logits).sum() + gate.expected_open(logits).sum() + gate.rate(logits).sum()
+    total = total + gate.deterministic(logits).sum()
+    total.backward()
+    assert torch.isfinite(total)
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", GATE_NAMES)
+@SETTINGS
+@given(values=finite_logits)
+def test_deterministic_mode_is_deterministic(name: str, values: list[float]) -> None:
+    gate = make_gate(name, keep=0.3)
+    logits = logits_for(gate, values)
+    torch.manual_seed(1)
+    first = gate.deterministic(logits)
+    torch.manual_seed(2)
+    second = gate.deterministic(logits)
+    assert torch.equal(first, second)
+    # and it agrees with the most likely outcome: open where P(open) is clearly > 1/2
+    p = gate.expected_open(logits)
+    clearly_open = p > 0.9
+    if name != "concrete":
+        assert (first[clearly_open] > 0).all()
+
+
+def test_hard_concrete_has_exact_zeros_and_ones() -> None:
+    gate = make_gate("hard_concrete")
+    samples = gate.rsample(torch.zeros(10000))
+    assert (samples == 0).any() and (samples == 1).any()
+
+
+def test_topk_keeps_the_budget_per_sample() -> None:
+    gate = make_gate("topk", keep=0.25)
+    batch = torch.tensor([0] * 8 + [1] * 4 + [2] * 3)
+    gates = gate.rsample(torch.randn(15), batch, 3)
+    counts = torch.zeros(3).index_add(0, batch, gates)
+    assert counts.tolist() == [2.0, 1.0, 1.0]
+
+
+def test_concrete_temperature_anneals() -> None:
+    gate = make_gate("concrete")
+    gate.anneal(0.0)
+    start = gate.temperature
+    gate.anneal(1.0)
+    assert gate.temperature < start
+
+
+@pytest.mark.parametrize("keep", [0.0, -0.1, 1.5])
+def test_bad_keep_is_rejected(keep: float) -> None:
+    with pytest.raises(BottleneckError, match=r"keep must be a fraction in \(0, 1\]"):
+        make_gate("hard_concrete", keep=keep)
+
+
+def test_unknown_gate_names_the_choices() -> None:
+    with pytest.raises(BottleneckError, match="gate must be one of .*hard_concrete.*got 'hardconcrete'"):
+        make_gate("hardconcrete")

@@ -1,0 +1,85 @@
+"""Segment ops equal per-sample loops (hypothesis over ragged batches)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bottleneck.metrics import segment_auroc
+from bottleneck.segment import compact, keep_counts, segment_rank, segment_topk_mask
+from bottleneck.units import batch_from_counts
+
+ragged = st.lists(st.integers(1, 12), min_size=1, max_size=6)
+
+
+def make(counts: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    g = torch.Generator().manual_seed(seed)
+    batch = batch_from_counts(torch.tensor(counts))
+    scores = torch.randn(batch.numel(), generator=g)
+    return scores, batch, len(counts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=ragged, keep=st.floats(0.01, 1.0), seed=st.integers(0, 10_000))
+def test_segment_topk_equals_per_sample_loop(counts: list[int], keep: float, seed: int) -> None:
+    scores, batch, num_samples = make(counts, seed)
+    mask = segment_topk_mask(scores, batch, num_samples, keep)
+    k = keep_counts(torch.tensor(counts), keep)
+    offset = 0
+    for i, n in enumerate(counts):
+        piece = scores[offset:offset + n]
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[piece.topk(int(k[i])).indices] = True
+        assert torch.equal(mask[offset:offset + n], expected)
+        assert 1 <= int(k[i]) <= n
+        offset += n
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=ragged, seed=st.integers(0, 10_000))
+def test_segment_rank_is_a_permutation_per_sample(counts: list[int], seed: int) -> None:
+    scores, batch, num_samples = make(counts, seed)
+    rank = segment_rank(scores, batch, num_samples)
+    offset = 0
+    for n in counts:
+        assert sorted(rank[offset:offset + n].tolist()) == list(range(n))
+        offset += n
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=ragged, seed=st.integers(0, 10_000))
+def test_compact_remaps_indices(counts: list[int], seed: int) -> None:
+    scores, batch, num_samples = make(counts, seed)
+    keep = scores > 0
+    index, new_batch, remap = compact(keep, batch, num_samples)
+    assert torch.equal(new_batch, batch[keep])
+    assert torch.equal(remap[index], torch.arange(index.numel()))
+    assert (remap[~keep] == -1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(2, 12), min_size=1, max_size=5), seed=st.integers(0, 10_000))
+def test_segment_auroc_equals_pairwise_count(counts: list[int], seed: int) -> None:
+    scores, batch, num_samples = make(counts, seed)
+    scores = scores.round(decimals=0)  # create ties
+    labels = torch.rand(scores.numel(), generator=torch.Generator().manual_seed(seed)) > 0.5
+    auroc = segment_auroc(scores, labels, batch, num_samples)
+    offset = 0
+    for i, n in enumerate(counts):
+        s, y = scores[offset:offset + n], labels[offset:offset + n]
+        pos, neg = s[y], s[~y]
+        if pos.numel() == 0 or neg.numel() == 0:
+            assert torch.isnan(auroc[i])
+        else:
+            diff = pos[:, None] - neg[None, :]
+            expected = ((diff > 0).double() + 0.5 * (diff == 0).double()).mean()
+            assert torch.isclose(auroc[i], expected)
+        offset += n
+
+
+def test_auroc_perfect_and_reversed() -> None:
+    scores = torch.tensor([0.1, 0.2, 0.8, 0.9])
+    labels = torch.tensor([False, False, True, True])
+    assert segment_auroc(scores, labels).item() == 1.0
+    assert segment_auroc(-scores, labels).item() == 0.0
