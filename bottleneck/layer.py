@@ -49,6 +49,7 @@ class MaskLayer(nn.Module):
     :param rate_weight: weight of the gate's rate term (``None``: the gate's default).
     :param smooth_weight: weight of total variation over the unit graph.
     :param constraint_step: dual-ascent step of the keep-rate multiplier (0 disables it).
+    :param constraint: ``"equal"`` holds the keep rate at ``keep``; ``"at_most"`` below it.
     :param init_open: open probability of every unit at initialisation.
     :param in_features: unit feature size, or ``None`` to infer on first call.
     """
@@ -62,6 +63,7 @@ class MaskLayer(nn.Module):
         rate_weight: float | None = None,
         smooth_weight: float = 0.05,
         constraint_step: float = 0.05,
+        constraint: str = "equal",
         init_open: float = 0.9,
         in_features: int | None = None,
     ) -> None:
@@ -82,7 +84,7 @@ class MaskLayer(nn.Module):
         self.smooth_weight = float(smooth_weight)
         self.scorer = EquivariantScorer(hidden, gate.params_per_unit, in_features)
         self.scorer.set_output_bias(gate.init_bias(init_open))
-        self.constraint = KeepRateConstraint(keep, constraint_step)
+        self.constraint = KeepRateConstraint(keep, constraint_step, constraint)
 
     def scores(self, units: Units) -> Tensor:
         """Gate logits for ``units`` (``[N]`` or ``[N, P]``)."""

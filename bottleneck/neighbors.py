@@ -288,7 +288,7 @@ def _knn_torch(
     if budget_bytes is None:
         budget_bytes = DEFAULT_BUDGET_BYTES
     budget_elems = max(1, budget_bytes // torch.empty((), dtype=dtype).element_size())
-    chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size)
+    chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size, _MAX_AUTO_ROWS)
 
     rows_out: list[Tensor] = []
     cols_out: list[Tensor] = []
@@ -485,6 +485,7 @@ def fps(
     dtype = torch.float32 if pos.dtype in (torch.float16, torch.bfloat16) else pos.dtype
     p = pos.to(dtype)
     nonempty = counts > 0
+    nonempty_ids = nonempty.nonzero().view(-1)  # index, not mask: no per-step device sync
     if random_start:
         offset = (torch.rand(num_samples, device=device) * counts).long()
         offset = torch.minimum(offset, (counts - 1).clamp_min(0))
@@ -506,7 +507,7 @@ def fps(
         torch.minimum(min_dist, d, out=min_dist)
         # Picked points sit at -1, below any distance, so they are never picked again,
         # not even when all remaining points duplicate picked coordinates.
-        min_dist[current[nonempty]] = -1.0
+        min_dist.index_fill_(0, current.index_select(0, nonempty_ids), -1.0)
         if single:
             current = min_dist.argmax().view(1)
             continue

@@ -1,9 +1,9 @@
 """Terms of the bottleneck objective, each a small function or module.
 
 * :func:`rate_loss` — the gate's rate (KL to a prior, or expected L0), per sample;
-* :class:`KeepRateConstraint` — ``mean keep <= target`` held by a Lagrange
-  multiplier updated by dual ascent, so users say ``keep=0.2`` instead of
-  tuning a coefficient (DiffMask / HardKuma style);
+* :class:`KeepRateConstraint` — ``mean keep == target`` (or ``<= target``) held
+  by a Lagrange multiplier updated by dual ascent, so users say ``keep=0.2``
+  instead of tuning a coefficient (DiffMask / HardKuma style);
 * :func:`smoothness_loss` — total variation of the open probability over the
   unit graph the plugin supplies;
 * :func:`faithfulness_loss` — KL(p(x) || p(masked x)) for explain mode.
@@ -45,36 +45,45 @@ def smoothness_loss(p_open: Tensor, edge_index: Tensor | None, batch: Tensor, nu
     return segment_mean(diff, batch[dst], num_samples).mean()
 
 
-class KeepRateConstraint(nn.Module):
-    """Holds the mean keep rate at or below ``target`` with a Lagrange multiplier.
+CONSTRAINT_KINDS = ("equal", "at_most")
 
-    The multiplier is a buffer updated by projected dual ascent on every
-    training forward pass, ``lambda <- max(0, lambda + step * (keep - target))``,
-    so it works with any optimiser and any training loop, and it is saved with
-    the mask. The loss term is ``lambda * keep``: its gradient closes gates
-    exactly as hard as the constraint needs.
+
+class KeepRateConstraint(nn.Module):
+    """Holds the mean keep rate at ``target`` with a Lagrange multiplier.
+
+    The multiplier is a buffer updated by dual ascent on every training forward
+    pass, ``lambda <- lambda + step * (keep - target)``, so it works with any
+    optimiser and any training loop, and it is saved with the mask. The loss
+    term is ``lambda * keep``: its gradient closes (or, with a negative
+    multiplier, opens) gates exactly as hard as the constraint needs.
+
+    :param kind: ``"equal"`` (default) holds ``keep == target``; ``"at_most"``
+        holds ``keep <= target`` (the multiplier is clipped at 0), which lets the
+        mask close everything when the task gives no reason to keep units.
     """
 
-    def __init__(self, target: float, step: float = 0.05) -> None:
+    def __init__(self, target: float, step: float = 0.05, kind: str = "equal") -> None:
         super().__init__()
         if not 0.0 < target <= 1.0:
             raise BottleneckError(f"keep must be a fraction in (0, 1] (got {target!r})")
         if step < 0:
             raise BottleneckError(f"constraint step must be >= 0 (got {step})")
-        self.target = float(target)
-        self.step = float(step)
+        if kind not in CONSTRAINT_KINDS:
+            raise BottleneckError(f"constraint must be one of {list(CONSTRAINT_KINDS)} (got {kind!r})")
+        self.target, self.step, self.kind = float(target), float(step), kind
         self.register_buffer("multiplier", torch.zeros(()))
 
     def forward(self, keep_rate: Tensor) -> Tensor:
         """Loss term for the mean keep rate ``keep_rate`` (a scalar tensor)."""
         if self.training and self.step > 0:
             with torch.no_grad():
-                violation = keep_rate.detach().float() - self.target
-                self.multiplier.add_(self.step * violation).clamp_(min=0.0)
+                self.multiplier.add_(self.step * (keep_rate.detach().float() - self.target))
+                if self.kind == "at_most":
+                    self.multiplier.clamp_(min=0.0)
         return self.multiplier.to(keep_rate.dtype) * keep_rate
 
     def extra_repr(self) -> str:
-        return f"target={self.target}, step={self.step}"
+        return f"target={self.target}, step={self.step}, kind={self.kind!r}"
 
 
 def faithfulness_loss(reference_logits: Tensor, masked_logits: Tensor) -> Tensor:

@@ -92,7 +92,7 @@ def fit(
         sums: dict[str, float] = {}
         count = 0
         bar = tqdm(data, total=num_batches, desc=f"{description} {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False, dynamic_ncols=True)
+                   disable=None if progress else True, leave=False, dynamic_ncols=True)
         for batch in bar:
             inputs, targets = split_batch(_to(batch, device))
             if masked is not None:

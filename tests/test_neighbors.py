@@ -1,0 +1,489 @@
+"""Tests for ``bottleneck.neighbors``: kNN, kNN graph and farthest point sampling.
+
+The pure-torch path is checked against brute-force references written per sample
+with plain loops (slow but obviously right), comparing neighbour *distances* rather
+than indices so that ties may be broken either way.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bottleneck.neighbors as nb
+from bottleneck.errors import BottleneckError
+from bottleneck.neighbors import fps, knn, knn_graph
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _batch(counts: list[int]) -> torch.Tensor:
+    return torch.repeat_interleave(
+        torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long)
+    )
+
+
+def _points(n: int, dim: int, seed: int, grid: bool) -> torch.Tensor:
+    """Random points; ``grid`` puts them on a coarse integer grid to force ties/duplicates."""
+    gen = torch.Generator().manual_seed(seed)
+    if grid:
+        return torch.randint(0, 3, (n, dim), generator=gen).float()
+    return torch.rand(n, dim, generator=gen) * 10 - 5
+
+
+def _ref_knn_dists(
+    x: torch.Tensor, y: torch.Tensor, k: int, bx: list[int], by: list[int], exclude_self: bool
+) -> list[list[float]]:
+    """For each query, the sorted distances to its k nearest same-sample points (float64)."""
+    out = []
+    for i in range(y.shape[0]):
+        ds = [
+            float(((y[i].double() - x[j].double()) ** 2).sum())
+            for j in range(x.shape[0])
+            if bx[j] == by[i] and not (exclude_self and i == j)
+        ]
+        out.append(sorted(ds)[:k])
+    return out
+
+
+def _got_knn_dists(
+    x: torch.Tensor, y: torch.Tensor, edge: torch.Tensor, num_queries: int
+) -> list[list[float]]:
+    out: list[list[float]] = [[] for _ in range(num_queries)]
+    for q, j in edge.t().tolist():
+        out[q].append(float(((y[q].double() - x[j].double()) ** 2).sum()))
+    return [sorted(d) for d in out]
+
+
+def _assert_close_lists(got: list[list[float]], ref: list[list[float]]) -> None:
+    assert len(got) == len(ref)
+    for q, (g, r) in enumerate(zip(got, ref, strict=True)):
+        assert len(g) == len(r), f"query {q}: {len(g)} neighbours, expected {len(r)}"
+        assert g == pytest.approx(r, rel=1e-5, abs=1e-5), f"query {q}"
+
+
+ragged = st.lists(st.integers(0, 9), min_size=1, max_size=5)
+
+
+# --------------------------------------------------------------------------- knn
+
+
+@SETTINGS
+@given(
+    counts_x=ragged,
+    extra_y=st.lists(st.integers(0, 6), min_size=0, max_size=2),
+    k=st.integers(1, 6),
+    dim=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+    grid=st.booleans(),
+    chunk_size=st.sampled_from([None, 1, 2, 5]),
+)
+def test_knn_matches_bruteforce(counts_x, extra_y, k, dim, seed, grid, chunk_size):
+    # y may have more (or fewer) samples than x; samples smaller than k get all they have.
+    counts_y = [(c * 7 + 3) % 8 for c in counts_x] + extra_y
+    bx, by = _batch(counts_x), _batch(counts_y)
+    x = _points(len(bx), dim, seed, grid)
+    y = _points(len(by), dim, seed + 1, grid)
+    edge = knn(x, y, k, bx, by, chunk_size=chunk_size, use_cluster=False)
+    assert edge.dtype == torch.long and edge.shape[0] == 2
+    if edge.numel():
+        assert bool((bx[edge[1]] == by[edge[0]]).all()), "a neighbour from another sample"
+        pairs = set(map(tuple, edge.t().tolist()))
+        assert len(pairs) == edge.shape[1], "duplicate (query, neighbour) pair"
+        assert bool((edge[0][1:] >= edge[0][:-1]).all()), "queries not grouped in order"
+    ref = _ref_knn_dists(x, y, k, bx.tolist(), by.tolist(), exclude_self=False)
+    _assert_close_lists(_got_knn_dists(x, y, edge, len(by)), ref)
+
+
+def test_knn_batch_none_means_one_sample():
+    x = _points(20, 3, 0, False)
+    y = _points(7, 3, 1, False)
+    a = knn(x, y, 4, use_cluster=False)
+    b = knn(
+        x,
+        y,
+        4,
+        torch.zeros(20, dtype=torch.long),
+        torch.zeros(7, dtype=torch.long),
+        use_cluster=False,
+    )
+    assert torch.equal(a, b)
+    assert a.shape == (2, 28)
+
+
+def test_knn_far_from_origin_keeps_exact_order():
+    # Coordinates far from the origin: the |a|^2 - 2ab + |b|^2 expansion would mix up
+    # these neighbours in float32; the per-coordinate path must not.
+    base = torch.tensor([[10_000.0, -10_000.0, 5_000.0]])
+    offsets = torch.tensor([[0.0, 0.0, 0.0], [0.01, 0, 0], [0.02, 0, 0], [0.04, 0, 0]])
+    x = base + offsets
+    edge = knn(x, x[:1], 4, use_cluster=False)
+    assert edge[1].tolist() == [0, 1, 2, 3]
+
+
+def test_knn_wide_features_use_matmul_path():
+    x = _points(50, 32, 3, False)
+    y = _points(9, 32, 4, False)
+    edge = knn(x, y, 5, use_cluster=False)
+    ref = _ref_knn_dists(x, y, 5, [0] * 50, [0] * 9, exclude_self=False)
+    got = _got_knn_dists(x, y, edge, 9)
+    for g, r in zip(got, ref, strict=True):
+        assert g == pytest.approx(r, rel=1e-4)
+
+
+def test_knn_empty_inputs():
+    x = torch.zeros(0, 3)
+    y = torch.rand(4, 3)
+    assert knn(x, y, 3, use_cluster=False).shape == (2, 0)
+    assert knn(y, x, 3, use_cluster=False).shape == (2, 0)
+
+
+# --------------------------------------------------------------------- knn_graph
+
+
+@SETTINGS
+@given(
+    counts=ragged,
+    k=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    grid=st.booleans(),
+    chunk_size=st.sampled_from([None, 1, 3]),
+)
+def test_knn_graph_no_loops_and_degrees(counts, k, seed, grid, chunk_size):
+    batch = _batch(counts)
+    pos = _points(len(batch), 3, seed, grid)
+    edge = knn_graph(pos, k, batch, chunk_size=chunk_size, use_cluster=False)
+    src, dst = edge  # source_to_target: row 0 = neighbour, row 1 = centre
+    assert not bool((src == dst).any()), "self loop without loop=True"
+    if edge.numel():
+        assert bool((batch[src] == batch[dst]).all())
+    deg = torch.bincount(dst, minlength=len(batch))
+    expected = torch.tensor([min(k, c - 1) for c in counts for _ in range(c)], dtype=torch.long)
+    assert torch.equal(deg, expected)
+    # Distances match the brute force that excludes the point itself (by index, so
+    # duplicated coordinates still count as neighbours).
+    ref = _ref_knn_dists(pos, pos, k, batch.tolist(), batch.tolist(), exclude_self=True)
+    _assert_close_lists(_got_knn_dists(pos, pos, edge.flip(0), len(batch)), ref)
+
+
+@SETTINGS
+@given(counts=ragged, k=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+def test_knn_graph_with_loops(counts, k, seed):
+    batch = _batch(counts)
+    pos = _points(len(batch), 2, seed, grid=False)
+    edge = knn_graph(pos, k, batch, loop=True, use_cluster=False)
+    deg = torch.bincount(edge[1], minlength=len(batch))
+    expected = torch.tensor([min(k, c) for c in counts for _ in range(c)], dtype=torch.long)
+    assert torch.equal(deg, expected)
+    # Distinct points: the nearest "neighbour" of each point is itself.
+    if edge.numel():
+        first = torch.ones(edge.shape[1], dtype=torch.bool)
+        first[1:] = edge[1][1:] != edge[1][:-1]
+        assert torch.equal(edge[0][first], edge[1][first])
+
+
+def test_knn_graph_duplicates_drop_self_by_index():
+    pos = torch.zeros(5, 3)  # five copies of one point
+    edge = knn_graph(pos, 2, use_cluster=False)
+    assert edge.shape == (2, 10)
+    assert not bool((edge[0] == edge[1]).any())
+    assert torch.equal(torch.bincount(edge[1], minlength=5), torch.full((5,), 2))
+
+
+def test_knn_graph_flow():
+    pos = _points(30, 3, 7, False)
+    batch = _batch([12, 18])
+    a = knn_graph(pos, 4, batch, flow="source_to_target", use_cluster=False)
+    b = knn_graph(pos, 4, batch, flow="target_to_source", use_cluster=False)
+    assert torch.equal(a, b.flip(0))
+    # target_to_source = knn(pos, pos) semantics: row 0 is the centre, ascending.
+    assert bool((b[0][1:] >= b[0][:-1]).all())
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 7, 64])
+def test_chunking_matches_unchunked(chunk_size):
+    # Continuous coordinates have no ties, so the edge sets must agree exactly.
+    counts = [1, 40, 3, 0, 25, 7]
+    batch = _batch(counts)
+    pos = _points(len(batch), 3, 11, False)
+    full = knn_graph(pos, 5, batch, use_cluster=False)
+    chunked = knn_graph(pos, 5, batch, chunk_size=chunk_size, use_cluster=False)
+    assert torch.equal(full, chunked)
+    y = _points(30, 3, 12, False)
+    by = _batch([10, 0, 5, 0, 15])
+    assert torch.equal(
+        knn(pos, y, 6, batch, by, use_cluster=False),
+        knn(pos, y, 6, batch, by, chunk_size=chunk_size, use_cluster=False),
+    )
+
+
+def test_tiny_budget_matches_default(monkeypatch):
+    counts = [30, 2, 50, 1, 17]
+    batch = _batch(counts)
+    pos = _points(len(batch), 3, 5, False)
+    full = knn_graph(pos, 4, batch, use_cluster=False)
+    monkeypatch.setattr(nb, "DEFAULT_BUDGET_BYTES", 64)  # 16 float32 distances per chunk
+    assert torch.equal(knn_graph(pos, 4, batch, use_cluster=False), full)
+
+
+# ------------------------------------------------------------------ memory bound
+
+
+def test_chunk_rows_respects_budget():
+    budget = nb.DEFAULT_BUDGET_BYTES
+    assert budget == 64 * 2**20
+    for n in [1, 10, 1_000, 100_000, 10_000_000, 10**9]:
+        rows = nb._chunk_rows(n, budget)
+        assert rows >= 1
+        assert rows == 1 or rows * n * 4 <= budget
+        assert (rows + 1) * n * 4 > budget  # and it is the largest such
+    assert nb._chunk_rows(100_000, budget) == 167
+    assert nb._chunk_rows(100_000, budget, element_size=8) == 83
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [[100_000], [60_000, 40_000], [3] * 1000 + [50_000], [7] * 5000],
+    ids=["one-100k", "two", "many-small-plus-big", "many-tiny"],
+)
+def test_chunk_plan_is_bounded_and_covers_all_rows(counts):
+    budget_elems = nb.DEFAULT_BUDGET_BYTES // 4
+    batch = _batch(counts).tolist()
+    ptr = [0]
+    for c in counts:
+        ptr.append(ptr[-1] + c)
+    chunks = nb._plan_chunks(batch, ptr, budget_elems)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(batch)
+    for (s, e, lo, hi), nxt in zip(chunks, chunks[1:] + [None], strict=True):
+        assert e > s
+        assert (e - s) * (hi - lo) <= budget_elems
+        assert lo == ptr[batch[s]] and hi == ptr[batch[e - 1] + 1]
+        if nxt is not None:
+            assert nxt[0] == e
+
+
+def test_distance_matrices_stay_under_budget(monkeypatch):
+    """Every distance matrix the pure-torch kNN builds fits the (patched) budget."""
+    budget = 64 * 1024  # 16k float32 distances
+    monkeypatch.setattr(nb, "DEFAULT_BUDGET_BYTES", budget)
+    sizes: list[int] = []
+    real = nb._sq_dists
+
+    def spy(y_t, x_t):
+        out = real(y_t, x_t)
+        sizes.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(nb, "_sq_dists", spy)
+    counts = [3000, 5, 1200, 1, 800]
+    batch = _batch(counts)
+    pos = _points(len(batch), 3, 2, False)
+    edge = knn_graph(pos, 8, batch, use_cluster=False)
+    assert edge.shape[1] == sum(c * min(8, c - 1) for c in counts)
+    assert len(sizes) > 1
+    assert max(sizes) <= budget
+
+
+@pytest.mark.slow
+def test_knn_graph_100k_points_bounded_memory(monkeypatch):
+    n, k = 100_000, 16
+    sizes: list[int] = []
+    real = nb._sq_dists
+
+    def spy(y_t, x_t):
+        out = real(y_t, x_t)
+        sizes.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(nb, "_sq_dists", spy)
+    pos = _points(n, 3, 0, False)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    edge = knn_graph(pos, k, use_cluster=False)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert edge.shape == (2, n * k)
+    assert max(sizes) <= nb.DEFAULT_BUDGET_BYTES
+    assert grown_mib < 1024, f"peak memory grew by {grown_mib:.0f} MiB (an N x N matrix is 40 GB)"
+    assert not bool((edge[0] == edge[1]).any())
+    # Spot-check some centres against brute force.
+    for i in torch.randint(0, n, (20,), generator=torch.Generator().manual_seed(1)).tolist():
+        d = ((pos - pos[i]) ** 2).sum(1)
+        d[i] = math.inf
+        ref = d.topk(k, largest=False).values.sort().values
+        got = d[edge[0][edge[1] == i]].sort().values
+        assert torch.allclose(got, ref)
+
+
+# --------------------------------------------------------------------------- fps
+
+
+def _check_fps(pos, batch, counts, ratio, out):
+    assert out.dtype == torch.long
+    expected = [math.ceil(ratio * c) for c in counts]
+    assert out.numel() == sum(expected)
+    assert out.unique().numel() == out.numel(), "an index picked twice"
+    got_batch = batch[out]
+    assert torch.equal(torch.bincount(got_batch, minlength=len(counts)), torch.tensor(expected))
+    assert bool((got_batch[1:] >= got_batch[:-1]).all()), "samples not grouped in order"
+
+
+@SETTINGS
+@given(
+    counts=st.lists(st.integers(0, 12), min_size=1, max_size=5),
+    ratio=st.floats(0.01, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+    grid=st.booleans(),
+    random_start=st.booleans(),
+)
+def test_fps_counts_uniqueness_and_greedy(counts, ratio, seed, grid, random_start):
+    batch = _batch(counts)
+    pos = _points(len(batch), 3, seed, grid)
+    torch.manual_seed(seed)
+    out = fps(pos, batch, ratio, random_start=random_start, use_cluster=False)
+    _check_fps(pos, batch, counts, ratio, out)
+    # Greedy property, per sample: each pick is (one of) the farthest from those before.
+    ptr = [0]
+    for c in counts:
+        ptr.append(ptr[-1] + c)
+    start = 0
+    for b, c in enumerate(counts):
+        m = math.ceil(ratio * c)
+        picks = out[start : start + m].tolist()
+        start += m
+        if not random_start and m:
+            assert picks[0] == ptr[b], "random_start=False must start at the first point"
+        members = list(range(ptr[b], ptr[b + 1]))
+        for t in range(1, m):
+            chosen = picks[:t]
+
+            def gap(j, chosen=chosen):
+                return min(float(((pos[j] - pos[i]) ** 2).sum()) for i in chosen)
+
+            best = max(gap(j) for j in members if j not in chosen)
+            assert gap(picks[t]) == pytest.approx(best)
+
+
+def test_fps_second_pick_is_farthest_from_first_point():
+    counts = [10, 1, 25, 4]
+    batch = _batch(counts)
+    pos = _points(len(batch), 3, 9, False)
+    out = fps(pos, batch, 0.5, random_start=False, use_cluster=False)
+    _check_fps(pos, batch, counts, 0.5, out)
+    ptr, start = 0, 0
+    for c in counts:
+        m = math.ceil(0.5 * c)
+        picks = out[start : start + m]
+        assert int(picks[0]) == ptr
+        if m > 1:
+            d = ((pos[ptr : ptr + c] - pos[ptr]) ** 2).sum(1)
+            assert int(picks[1]) == ptr + int(d.argmax())
+        ptr += c
+        start += m
+
+
+def test_fps_ratio_one_is_a_permutation_even_with_duplicates():
+    pos = torch.zeros(9, 2)
+    batch = _batch([4, 5])
+    out = fps(pos, batch, 1.0, use_cluster=False)
+    assert sorted(out.tolist()) == list(range(9))
+
+
+def test_fps_single_sample_and_random_start_reproducible():
+    pos = _points(200, 3, 4, False)
+    torch.manual_seed(0)
+    a = fps(pos, ratio=0.1, use_cluster=False)
+    torch.manual_seed(0)
+    b = fps(pos, ratio=0.1, use_cluster=False)
+    assert torch.equal(a, b) and a.numel() == 20
+    assert fps(torch.zeros(0, 3), use_cluster=False).numel() == 0
+
+
+# -------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda: knn_graph(torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), 1), "finite"),
+        (lambda: knn_graph(torch.tensor([[0.0, float("inf")]]), 1), "finite"),
+        (lambda: fps(torch.tensor([[float("nan"), 0.0]])), "finite"),
+        (lambda: knn_graph(torch.rand(5), 2), "2-D [N, D]"),
+        (lambda: knn_graph(torch.rand(2, 5, 3), 2), "2-D [N, D]"),
+        (lambda: knn_graph(torch.arange(6).view(3, 2), 1), "floating-point"),
+        (lambda: knn_graph([[0.0, 1.0]], 1), "torch.Tensor"),
+        (lambda: knn_graph(torch.rand(5, 3), 0), "k must be an integer >= 1"),
+        (lambda: knn(torch.rand(5, 3), torch.rand(2, 3), -1), "k must be an integer >= 1"),
+        (lambda: knn_graph(torch.rand(5, 3), 1.5), "k must be an integer >= 1"),
+        (lambda: knn_graph(torch.rand(4, 3), 1, torch.tensor([0, 1, 0, 1])), "sorted ascending"),
+        (lambda: fps(torch.rand(4, 3), torch.tensor([1, 0, 0, 0])), "sorted ascending"),
+        (lambda: knn_graph(torch.rand(4, 3), 1, torch.tensor([0, 0, 1])), "shape [4]"),
+        (lambda: knn_graph(torch.rand(3, 3), 1, torch.tensor([0.0, 0, 1])), "torch.long"),
+        (lambda: knn_graph(torch.rand(3, 3), 1, torch.tensor([-1, 0, 0])), "non-negative"),
+        (lambda: knn(torch.rand(4, 3), torch.rand(4, 2), 1), "same number of coordinates"),
+        (
+            lambda: knn(torch.rand(4, 3), torch.rand(4, 3), 1, batch_y=torch.zeros(3).long()),
+            "batch_y",
+        ),
+        (lambda: knn_graph(torch.rand(4, 3), 1, flow="sideways"), "source_to_target"),
+        (lambda: knn_graph(torch.rand(4, 3), 1, chunk_size=0), "chunk_size"),
+        (lambda: fps(torch.rand(4, 3), ratio=0.0), "(0, 1]"),
+        (lambda: fps(torch.rand(4, 3), ratio=1.5), "(0, 1]"),
+        (lambda: fps(torch.rand(4, 3), ratio=float("nan")), "(0, 1]"),
+    ],
+)
+def test_validation_errors(call, needle):
+    with pytest.raises(BottleneckError) as info:
+        call()
+    assert needle in str(info.value)
+
+
+def test_validation_message_says_what_was_given():
+    with pytest.raises(BottleneckError, match=r"shape \(5,\) and dtype torch.float32"):
+        knn_graph(torch.rand(5), 2)
+    with pytest.raises(BottleneckError, match=r"got 1 non-finite"):
+        knn_graph(torch.tensor([[0.0, float("nan")]]), 1)
+    with pytest.raises(BottleneckError, match=r"got 0"):
+        knn_graph(torch.rand(3, 2), 0)
+
+
+@pytest.mark.skipif(nb.HAS_TORCH_CLUSTER, reason="torch_cluster is installed")
+def test_use_cluster_true_without_torch_cluster_names_the_extra():
+    for call in (
+        lambda: knn(torch.rand(4, 3), torch.rand(2, 3), 1, use_cluster=True),
+        lambda: knn_graph(torch.rand(4, 3), 1, use_cluster=True),
+        lambda: fps(torch.rand(4, 3), use_cluster=True),
+    ):
+        with pytest.raises(BottleneckError, match=r"pip install bottleneck-mask\[cluster\]"):
+            call()
+    # None falls back to pure torch.
+    assert knn_graph(torch.rand(4, 3), 1, use_cluster=None).shape == (2, 4)
+
+
+@pytest.mark.skipif(not nb.HAS_TORCH_CLUSTER, reason="torch_cluster is not installed")
+def test_pure_torch_agrees_with_torch_cluster():
+    batch = _batch([30, 5, 60])
+    pos = _points(len(batch), 3, 3, False)
+    a = knn_graph(pos, 6, batch, use_cluster=False)
+    b = knn_graph(pos, 6, batch, use_cluster=True)
+    key = lambda e: sorted(map(tuple, e.t().tolist()))  # noqa: E731
+    assert key(a) == key(b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    batch = _batch([300, 7, 1000])
+    pos = _points(len(batch), 3, 8, False)
+    cpu = knn_graph(pos, 8, batch, use_cluster=False)
+    gpu = knn_graph(pos.cuda(), 8, batch.cuda(), use_cluster=False)
+    assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)
+    out = fps(pos.cuda(), batch.cuda(), 0.25, random_start=False, use_cluster=False)
+    ref = fps(pos, batch, 0.25, random_start=False, use_cluster=False)
+    assert torch.equal(out.cpu(), ref)
