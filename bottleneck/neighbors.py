@@ -52,11 +52,14 @@ __all__ = [
 #: temporary of the same size and a boolean sample mask).
 DEFAULT_BUDGET_BYTES: int = 64 * 2**20
 
-#: Upper bound on query rows per chunk when the chunk size is chosen automatically.
-#: With many small samples a chunk's candidate columns grow with its rows (the
-#: union of its samples), so wasted cross-sample distances grow too; this cap keeps
-#: that waste at a few thousand distances per query.
-_MAX_AUTO_ROWS: int = 2048
+#: Upper bound on query rows per chunk when the chunk size is chosen automatically,
+#: per device type. With many small samples a chunk's candidate columns grow with
+#: its rows (the union of its samples), and so do the wasted cross-sample
+#: distances: on CPU, where every distance costs, a few hundred rows is fastest
+#: (and keeps chunks nearer the cache); on accelerators, where each chunk's kernel
+#: launches and host syncs cost more than its arithmetic, bigger chunks win.
+_MAX_AUTO_ROWS: dict[str, int] = {"cpu": 256}
+_MAX_AUTO_ROWS_ACCEL: int = 4096
 
 #: Up to this many coordinates, distances are accumulated exactly, coordinate by
 #: coordinate; above it, a centred matrix product is used (faster for wide inputs).
@@ -190,7 +193,7 @@ def _plan_chunks(
     ptr_x: list[int],
     budget_elems: int,
     chunk_size: int | None = None,
-    max_rows: int = _MAX_AUTO_ROWS,
+    max_rows: int = _MAX_AUTO_ROWS_ACCEL,
 ) -> list[tuple[int, int, int, int]]:
     """Split query rows into chunks ``(start, end, x_lo, x_hi)``.
 
@@ -288,7 +291,8 @@ def _knn_torch(
     if budget_bytes is None:
         budget_bytes = DEFAULT_BUDGET_BYTES
     budget_elems = max(1, budget_bytes // torch.empty((), dtype=dtype).element_size())
-    chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size, _MAX_AUTO_ROWS)
+    max_rows = _MAX_AUTO_ROWS.get(device.type, _MAX_AUTO_ROWS_ACCEL)
+    chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size, max_rows)
 
     rows_out: list[Tensor] = []
     cols_out: list[Tensor] = []

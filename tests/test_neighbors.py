@@ -254,16 +254,17 @@ def test_chunk_rows_respects_budget():
     [[100_000], [60_000, 40_000], [3] * 1000 + [50_000], [7] * 5000],
     ids=["one-100k", "two", "many-small-plus-big", "many-tiny"],
 )
-def test_chunk_plan_is_bounded_and_covers_all_rows(counts):
+@pytest.mark.parametrize("max_rows", [256, 4096])
+def test_chunk_plan_is_bounded_and_covers_all_rows(counts, max_rows):
     budget_elems = nb.DEFAULT_BUDGET_BYTES // 4
     batch = _batch(counts).tolist()
     ptr = [0]
     for c in counts:
         ptr.append(ptr[-1] + c)
-    chunks = nb._plan_chunks(batch, ptr, budget_elems)
+    chunks = nb._plan_chunks(batch, ptr, budget_elems, max_rows=max_rows)
     assert chunks[0][0] == 0 and chunks[-1][1] == len(batch)
     for (s, e, lo, hi), nxt in zip(chunks, chunks[1:] + [None], strict=True):
-        assert e > s
+        assert max_rows >= e - s > 0
         assert (e - s) * (hi - lo) <= budget_elems
         assert lo == ptr[batch[s]] and hi == ptr[batch[e - 1] + 1]
         if nxt is not None:

@@ -1,0 +1,231 @@
+"""The mask on point clouds: attach, gates, sparse removal, equivariance, save/load, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import global_max_pool
+
+import bottleneck
+from bottleneck.errors import BottleneckError
+
+
+class CountingNet(nn.Module):
+    """A small PyG-style classifier that records how many points it receives."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 16))
+        self.head = nn.Linear(16, classes)
+        self.seen: list[int] = []
+
+    def forward(self, data):
+        self.seen.append(int(data.pos.shape[0]))
+        batch = data.batch if data.batch is not None else torch.zeros(data.pos.shape[0], dtype=torch.long)
+        return self.head(global_max_pool(self.mlp(data.pos), batch, size=int(batch.max()) + 1))
+
+
+def clouds(sizes=(40, 25, 60), seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    data = [Data(pos=torch.randn(n, 3, generator=g), y=torch.tensor([i % 3])) for i, n in enumerate(sizes)]
+    return Batch.from_data_list(data)
+
+
+def test_attach_returns_output_gates_and_loss(device) -> None:
+    net = CountingNet().to(device)
+    masked = bottleneck.attach(net, keep=0.3).to(device)
+    batch = clouds().to(device)
+    out = masked(batch)
+    assert masked.modality_name == "pointcloud"  # detected from the PyG Batch
+    assert out.output.shape == (3, 3)
+    assert out.gates.shape == (125,) and out.relevance.shape == (125,)
+    assert ((out.gates >= 0) & (out.gates <= 1)).all()
+    assert out.ib_loss.dim() == 0 and torch.isfinite(out.ib_loss)
+    assert set(out.terms) >= {"rate", "keep_penalty", "smoothness", "multiplier", "keep_rate"}
+
+
+def test_gradients_reach_mask_and_model(device) -> None:
+    net = CountingNet().to(device)
+    masked = bottleneck.attach(net, keep=0.3, smooth_weight=0.1).to(device)
+    out = masked(clouds().to(device))
+    loss = nn.functional.cross_entropy(out.output, torch.tensor([0, 1, 2], device=device)) + out.ib_loss
+    loss.backward()
+    for name, parameter in masked.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for p in masked.mask.parameters())
+
+
+def test_sparse_path_really_removes_points() -> None:
+    net = CountingNet()
+    masked = bottleneck.attach(net, "pointcloud", keep=0.3)
+    batch = clouds((40, 25, 60))
+    masked(batch)
+    net.seen.clear()
+    result = masked.sparse(batch, keep=0.3)
+    expected = [12, 8, 18]  # ceil(0.3 * n) per cloud
+    assert result.kept_counts.tolist() == expected
+    assert net.seen == [sum(expected)]
+    assert result.inputs.batch.tolist() == sum(([i] * k for i, k in enumerate(expected)), [])
+    assert result.inputs.ptr.tolist() == [0, 12, 20, 38]
+    assert result.output.shape == (3, 3)
+
+
+def test_remove_baseline_drops_closed_points_in_training() -> None:
+    net = CountingNet()
+    masked = bottleneck.attach(net, "pointcloud", keep=0.3, init_open=0.3)
+    masked.train()
+    torch.manual_seed(0)
+    out = masked(clouds())
+    open_per_cloud = torch.bincount(out.units.batch[out.gates > 0], minlength=3).clamp(min=1)
+    assert net.seen[-1] == int(open_per_cloud.sum()) < 125
+
+
+def test_dense_inputs_and_sparse_padding() -> None:
+    seen = []
+
+    class Dense(nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return x.max(dim=1).values
+
+    masked = bottleneck.attach(Dense(), keep=0.25)
+    x = torch.randn(4, 20, 3)
+    assert masked(x).output.shape == (4, 3)
+    result = masked.sparse(x, keep=0.25)
+    assert seen[-1] == (4, 5, 3)
+    assert result.output.shape == (4, 3)
+
+
+def test_permuting_points_permutes_the_mask() -> None:
+    torch.manual_seed(0)
+    masked = bottleneck.attach(CountingNet(), "pointcloud")
+    data = Data(pos=torch.randn(50, 3))
+    masked(data)
+    perm = torch.randperm(50)
+    first = masked.explain(data).relevance
+    second = masked.explain(Data(pos=data.pos[perm])).relevance
+    assert torch.allclose(first[perm], second, atol=1e-6)
+
+
+def test_any_number_of_points() -> None:
+    masked = bottleneck.attach(CountingNet(), "pointcloud")
+    for n in (1, 7, 3000):
+        explanation = masked.explain(Data(pos=torch.randn(n, 3)))
+        assert explanation.relevance.shape == (n,)
+
+
+def test_explanation_dense_and_per_sample() -> None:
+    masked = bottleneck.attach(CountingNet(), "pointcloud")
+    explanation = masked.explain(clouds((5, 3)))
+    dense, valid = explanation.to_dense()
+    assert dense.shape == (2, 5) and valid.sum() == 8
+    assert [t.numel() for t in explanation.per_sample()] == [5, 3]
+
+
+def test_save_and_load_roundtrip(tmp_path) -> None:
+    torch.manual_seed(0)
+    masked = bottleneck.attach(CountingNet(), keep=0.2, gate="gaussian")
+    batch = clouds()
+    masked(batch)
+    with torch.no_grad():
+        masked.mask.constraint.multiplier.fill_(1.5)
+    path = bottleneck.save_mask(masked, tmp_path / "mask.safetensors", include_model=True)
+    assert path.read_bytes()[:8]  # a file was written
+    restored = bottleneck.load(path, CountingNet())
+    assert restored.modality_name == "pointcloud" and restored.keep == 0.2
+    assert restored.mask.constraint.multiplier.item() == 1.5
+    assert torch.equal(masked.explain(batch).relevance, restored.explain(batch).relevance)
+    assert torch.equal(masked.sparse(batch).output, restored.sparse(batch).output)
+
+
+def test_loading_a_non_mask_file_is_refused(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(BottleneckError, match="not a bottleneck mask file"):
+        bottleneck.load(tmp_path / "other.safetensors", CountingNet())
+
+
+# -- bad input --------------------------------------------------------------------
+
+@pytest.fixture
+def masked():
+    return bottleneck.attach(CountingNet(), "pointcloud")
+
+
+def test_empty_cloud(masked) -> None:
+    with pytest.raises(BottleneckError, match="empty point cloud.*0 points"):
+        masked(Data(pos=torch.zeros(0, 3)))
+    with pytest.raises(BottleneckError, match="empty point cloud"):
+        masked(torch.zeros(2, 0, 3))
+
+
+def test_empty_sample_inside_a_batch(masked) -> None:
+    data = Data(pos=torch.randn(4, 3), batch=torch.tensor([0, 0, 2, 2]))
+    with pytest.raises(BottleneckError, match=r"samples \[1\] have 0 points"):
+        masked(data)
+
+
+def test_nan_coordinates(masked) -> None:
+    pos = torch.randn(10, 3)
+    pos[3, 1] = float("nan")
+    with pytest.raises(BottleneckError, match="NaN or Inf coordinates \\(1 points\\)"):
+        masked(Data(pos=pos))
+    with pytest.raises(BottleneckError, match="NaN or Inf"):
+        masked(torch.full((1, 4, 3), float("inf")))
+
+
+def test_batch_vector_that_does_not_match(masked) -> None:
+    with pytest.raises(BottleneckError, match=r"batch vector must be a \[N\] long tensor with N=10 points"):
+        masked(Data(pos=torch.randn(10, 3), batch=torch.zeros(9, dtype=torch.long)))
+    with pytest.raises(BottleneckError, match="sorted"):
+        masked(Data(pos=torch.randn(3, 3), batch=torch.tensor([1, 0, 0])))
+    with pytest.raises(BottleneckError, match="torch.long"):
+        masked(Data(pos=torch.randn(3, 3), batch=torch.zeros(3)))
+
+
+def test_wrong_shapes(masked) -> None:
+    with pytest.raises(BottleneckError, match=r"Data.pos must be \[N, 3\]"):
+        masked(Data(pos=torch.randn(10, 2)))
+    with pytest.raises(BottleneckError, match="floating-point"):
+        masked(Data(pos=torch.ones(10, 3, dtype=torch.long)))
+
+
+def test_unknown_modality() -> None:
+    with pytest.raises(BottleneckError, match="unknown modality 'pointclouds'; registered modalities: .*pointcloud"):
+        bottleneck.attach(CountingNet(), "pointclouds")
+    masked = bottleneck.attach(CountingNet())
+    with pytest.raises(BottleneckError, match="cannot detect the modality of Tensor of shape \\(2, 7\\)"):
+        masked(torch.randn(2, 7))
+
+
+@pytest.mark.parametrize("keep", [0.0, -0.5, 1.01, 2])
+def test_keep_out_of_range(keep) -> None:
+    with pytest.raises(BottleneckError, match=r"keep must be a fraction in \(0, 1\]"):
+        bottleneck.attach(CountingNet(), "pointcloud", keep=keep)
+    masked = bottleneck.attach(CountingNet(), "pointcloud")
+    with pytest.raises(BottleneckError, match=r"keep must be a fraction in \(0, 1\]"):
+        masked.sparse(clouds(), keep=keep)
+
+
+def test_bad_configuration_names_the_choices() -> None:
+    with pytest.raises(BottleneckError, match="mode must be one of \\['joint', 'explain'\\] \\(got 'jointly'\\)"):
+        bottleneck.attach(CountingNet(), mode="jointly")
+    with pytest.raises(BottleneckError, match="baseline for modality 'pointcloud' must be one of"):
+        bottleneck.attach(CountingNet(), "pointcloud", baseline="mean")
+    with pytest.raises(BottleneckError, match="needs a torch.nn.Module"):
+        bottleneck.attach(lambda x: x)
+
+
+def test_explain_mode_freezes_the_model() -> None:
+    net = CountingNet()
+    masked = bottleneck.attach(net, "pointcloud", mode="explain")
+    masked.train()
+    assert not net.training
+    out = masked(clouds())
+    assert "faithfulness" in out.terms
+    out.ib_loss.backward()
+    assert all(p.grad is None for p in net.parameters())
+    assert any(p.grad is not None for p in masked.mask.parameters())
