@@ -81,6 +81,7 @@ _PART_GAP = 0.08
 _ATTACH_CAP = math.radians(35.0)  # the part sits within this angle of the body's +z axis
 _TILT = math.radians(15.0)  # rotate=True: spin about z, then tilt by at most this angle
 _FULL_SO3 = False
+_PART_SPIN_ONLY = False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -291,7 +292,12 @@ def _generate(
         if idx.numel():
             part[idx] = _part(kind, idx.numel(), m, gen)
     scale = _uniform((b,), *_PART_SCALE, gen) * half.mean(-1)
-    part = part @ _random_rotations(b, gen).transpose(1, 2) * scale[:, None, None]
+    if _PART_SPIN_ONLY:
+        z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
+        prot = _axis_angle(z, torch.rand((b,), generator=gen) * 2 * math.pi)
+    else:
+        prot = _random_rotations(b, gen)
+    part = part @ prot.transpose(1, 2) * scale[:, None, None]
     u = _cap_directions(b, _ATTACH_CAP, gen)
     dist = _surface_distance(body, half, u) + scale * (1.0 + _PART_GAP)
     part = part + (u * dist[:, None])[:, None, :]
