@@ -62,7 +62,7 @@ class MaskLayer(nn.Module):
         hidden: int = 64,
         rate_weight: float | None = None,
         smooth_weight: float = 0.05,
-        constraint_step: float = 0.05,
+        constraint_step: float = 0.02,
         constraint: str = "equal",
         init_open: float = 0.9,
         in_features: int | None = None,

@@ -52,6 +52,11 @@ __all__ = [
 #: temporary of the same size and a boolean sample mask).
 DEFAULT_BUDGET_BYTES: int = 64 * 2**20
 
+#: On CPU the budget is further capped at this: chunks nearer the caches ran about
+#: twice as fast (k=16 graph on 100k points, 16 cores: 7.1 s at 16 MiB, 16 s at
+#: 64 MiB; much smaller chunks starve the threads and were slower again).
+_CPU_BUDGET_BYTES: int = 16 * 2**20
+
 #: Upper bound on query rows per chunk when the chunk size is chosen automatically,
 #: per device type. With many small samples a chunk's candidate columns grow with
 #: its rows (the union of its samples), and so do the wasted cross-sample
@@ -215,7 +220,9 @@ def _plan_chunks(
             def cost(end: int, s: int = s, lo: int = lo) -> int:
                 return (end - s) * (ptr_x[batch_y[end - 1] + 1] - lo)
 
-            e = min(m, s + max_rows)
+            # The first sample's candidates alone already bound the rows from above.
+            first = ptr_x[batch_y[s] + 1] - lo
+            e = min(m, s + max_rows, s + _chunk_rows(first, budget_elems, element_size=1))
             if cost(e) > budget_elems:
                 good, bad = s + 1, e  # cost(good) may exceed the budget: one row always runs
                 while bad - good > 1:
@@ -290,6 +297,8 @@ def _knn_torch(
     by_list = [0] * m if batch_y is None else batch_y.tolist()
     if budget_bytes is None:
         budget_bytes = DEFAULT_BUDGET_BYTES
+        if device.type == "cpu":
+            budget_bytes = min(budget_bytes, _CPU_BUDGET_BYTES)
     budget_elems = max(1, budget_bytes // torch.empty((), dtype=dtype).element_size())
     max_rows = _MAX_AUTO_ROWS.get(device.type, _MAX_AUTO_ROWS_ACCEL)
     chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size, max_rows)
@@ -360,7 +369,8 @@ def knn(
     :param batch_x: ``[N]`` sorted long sample ids of ``x``, or ``None`` (one sample).
     :param batch_y: ``[M]`` sorted long sample ids of ``y``, or ``None`` (one sample).
     :param chunk_size: pure torch only: query rows per chunk. ``None`` picks it so each
-        chunk's distance matrix stays under :data:`DEFAULT_BUDGET_BYTES`.
+        chunk's distance matrix stays under :data:`DEFAULT_BUDGET_BYTES` (16 MiB on
+        CPU, which is faster there).
     :param use_cluster: ``None`` uses ``torch_cluster`` when installed, ``True``
         requires it, ``False`` forces pure torch.
     :returns: ``[2, E]`` long; row 0 indexes ``y``, row 1 indexes ``x``. In pure torch,

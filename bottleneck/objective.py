@@ -49,41 +49,47 @@ CONSTRAINT_KINDS = ("equal", "at_most")
 
 
 class KeepRateConstraint(nn.Module):
-    """Holds the mean keep rate at ``target`` with a Lagrange multiplier.
+    """Holds the mean keep rate at ``target`` with a damped Lagrange multiplier.
 
     The multiplier is a buffer updated by dual ascent on every training forward
     pass, ``lambda <- lambda + step * (keep - target)``, so it works with any
     optimiser and any training loop, and it is saved with the mask. The loss
-    term is ``lambda * keep``: its gradient closes (or, with a negative
-    multiplier, opens) gates exactly as hard as the constraint needs.
+    term is ``(lambda + damping * (keep - target)) * keep`` — the damping term
+    (the "modified differential method of multipliers", Platt & Barr 1988)
+    reacts at once when the keep rate crosses the target, so the multiplier's
+    memory does not overshoot and shut every gate for good.
 
     :param kind: ``"equal"`` (default) holds ``keep == target``; ``"at_most"``
         holds ``keep <= target`` (the multiplier is clipped at 0), which lets the
         mask close everything when the task gives no reason to keep units.
     """
 
-    def __init__(self, target: float, step: float = 0.05, kind: str = "equal") -> None:
+    def __init__(self, target: float, step: float = 0.02, kind: str = "equal", damping: float = 1.0) -> None:
         super().__init__()
         if not 0.0 < target <= 1.0:
             raise BottleneckError(f"keep must be a fraction in (0, 1] (got {target!r})")
-        if step < 0:
-            raise BottleneckError(f"constraint step must be >= 0 (got {step})")
+        if step < 0 or damping < 0:
+            raise BottleneckError(f"constraint step and damping must be >= 0 (got {step}, {damping})")
         if kind not in CONSTRAINT_KINDS:
             raise BottleneckError(f"constraint must be one of {list(CONSTRAINT_KINDS)} (got {kind!r})")
-        self.target, self.step, self.kind = float(target), float(step), kind
+        self.target, self.step, self.kind, self.damping = float(target), float(step), kind, float(damping)
         self.register_buffer("multiplier", torch.zeros(()))
 
     def forward(self, keep_rate: Tensor) -> Tensor:
         """Loss term for the mean keep rate ``keep_rate`` (a scalar tensor)."""
+        violation = keep_rate.detach().float() - self.target
         if self.training and self.step > 0:
             with torch.no_grad():
-                self.multiplier.add_(self.step * (keep_rate.detach().float() - self.target))
+                self.multiplier.add_(self.step * violation)
                 if self.kind == "at_most":
                     self.multiplier.clamp_(min=0.0)
-        return self.multiplier.to(keep_rate.dtype) * keep_rate
+        effective = self.multiplier + self.damping * violation
+        if self.kind == "at_most":
+            effective = effective.clamp(min=0.0)
+        return effective.to(keep_rate.dtype) * keep_rate
 
     def extra_repr(self) -> str:
-        return f"target={self.target}, step={self.step}, kind={self.kind!r}"
+        return f"target={self.target}, step={self.step}, kind={self.kind!r}, damping={self.damping}"
 
 
 def faithfulness_loss(reference_logits: Tensor, masked_logits: Tensor) -> Tensor:

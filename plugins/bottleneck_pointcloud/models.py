@@ -54,7 +54,11 @@ def _unpack(data: Any, in_channels: int = 3) -> tuple[Tensor, Tensor | None, Ten
     if batch is None:
         return pos, x, torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device), 1
     num_graphs = getattr(data, "num_graphs", None)
-    b = int(num_graphs) if num_graphs is not None else (int(batch.max()) + 1 if batch.numel() else 0)
+    b = (
+        int(num_graphs)
+        if num_graphs is not None
+        else (int(batch.max()) + 1 if batch.numel() else 0)
+    )
     return pos, x, batch, b
 
 
@@ -117,7 +121,9 @@ class PointNet(nn.Module):
         self.in_channels = in_channels
         self.tnet = TNet(hidden) if tnet else None
         self.point_mlp = _mlp([in_channels, hidden, 2 * hidden, 4 * hidden])
-        self.classifier = _mlp([4 * hidden, 2 * hidden, hidden, num_classes], dropout=0.3, plain_last=True)
+        self.classifier = _mlp(
+            [4 * hidden, 2 * hidden, hidden, num_classes], dropout=0.3, plain_last=True
+        )
 
     def forward(self, data: Any) -> Tensor:
         """Logits [B, num_classes] for a PyG Data/Batch or a dense [B, N, in_channels] tensor."""
@@ -159,7 +165,9 @@ class DGCNN(nn.Module):
             ]
         )
         self.point_mlp = _mlp([4 * hidden, 8 * hidden])
-        self.classifier = _mlp([8 * hidden, 4 * hidden, hidden, num_classes], dropout=0.5, plain_last=True)
+        self.classifier = _mlp(
+            [8 * hidden, 4 * hidden, hidden, num_classes], dropout=0.5, plain_last=True
+        )
 
     def forward(self, data: Any) -> Tensor:
         """Logits [B, num_classes] for a PyG Data/Batch or a dense [B, N, 3] tensor."""

@@ -43,7 +43,9 @@ def _as_cloud(pos: Tensor, relevance: Tensor, gt: Tensor | None, what: str) -> t
             f"{what}: expected relevance with {n} values (one per point), got {describe(relevance)}"
         )
     if gt is not None and (not isinstance(gt, Tensor) or gt.reshape(-1).numel() != n):
-        raise BottleneckError(f"{what}: expected gt with {n} values (one per point), got {describe(gt)}")
+        raise BottleneckError(
+            f"{what}: expected gt with {n} values (one per point), got {describe(gt)}"
+        )
     p = pos.detach().float().cpu().numpy()
     r = relevance.detach().float().reshape(-1).cpu().numpy()
     g = None if gt is None else gt.detach().reshape(-1).bool().cpu().numpy()
@@ -138,7 +140,9 @@ def render_grid(
     k = len(clouds)
     for name, seq in (("titles", titles), ("gts", gts)):
         if seq is not None and len(seq) != k:
-            raise BottleneckError(f"render_grid: expected {k} {name} (one per cloud), got {len(seq)}")
+            raise BottleneckError(
+                f"render_grid: expected {k} {name} (one per cloud), got {len(seq)}"
+            )
     data = [
         _as_cloud(pos, rel, None if gts is None else gts[i], f"render_grid cloud {i}")
         for i, (pos, rel) in enumerate(clouds)
@@ -152,4 +156,3 @@ def render_grid(
         if g is not None:
             _scatter_gt(fig.add_subplot(rows, k, k + i + 1, projection="3d"), p, g)
     return _save(fig, plt, path)
-

@@ -1,0 +1,236 @@
+"""Procedural point-cloud data, the reference PointNet/DGCNN models and the renderer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from bottleneck_pointcloud.data import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    PART_NAMES,
+    make_dense_shapes,
+    make_shapes,
+)
+from bottleneck_pointcloud.models import DGCNN, PointNet
+from torch_geometric.data import Batch
+
+# --------------------------------------------------------------------------- data
+
+
+def test_class_names() -> None:
+    assert len(CLASS_NAMES) == NUM_CLASSES == 8
+    assert PART_NAMES[:NUM_CLASSES] == CLASS_NAMES
+    assert len(set(PART_NAMES)) == len(PART_NAMES) >= 8
+
+
+def test_shapes_deterministic_by_seed() -> None:
+    a = make_shapes(12, seed=3)
+    b = make_shapes(12, seed=3)
+    c = make_shapes(12, seed=4)
+    for da, db in zip(a, b, strict=True):
+        assert torch.equal(da.pos, db.pos)
+        assert torch.equal(da.y, db.y)
+        assert torch.equal(da.gt, db.gt)
+    assert any(
+        da.pos.shape != dc.pos.shape or not torch.equal(da.pos, dc.pos)
+        for da, dc in zip(a, c, strict=True)
+    )
+
+
+def test_shapes_fields_and_ranges() -> None:
+    jitter = 0.01
+    data = make_shapes(200, min_points=100, max_points=300, jitter=jitter, seed=0)
+    counts = torch.tensor([d.num_nodes for d in data])
+    assert counts.min() >= 100 and counts.max() <= 300
+    assert counts.unique().numel() > 20  # point counts vary
+    labels = torch.cat([d.y for d in data])
+    assert set(labels.tolist()) == set(range(NUM_CLASSES))
+    for d in data:
+        n = d.pos.shape[0]
+        assert d.pos.dtype == torch.float32 and d.pos.shape == (n, 3)
+        assert d.y.dtype == torch.long and d.y.shape == (1,)
+        assert d.gt.dtype == torch.bool and d.gt.shape == (n,)
+        assert torch.isfinite(d.pos).all()
+        assert d.pos.norm(dim=1).max() <= 1.0 + 6 * jitter
+        frac = d.gt.float().mean().item()
+        assert 0.2 - 1.0 / n <= frac <= 0.3 + 1.0 / n
+        # The shuffled part points are spread through the cloud, not stacked at one end.
+        idx = d.gt.nonzero().squeeze(1).float()
+        assert idx.min() < n / 2 < idx.max()
+
+
+def test_shapes_options() -> None:
+    data = make_shapes(
+        30, num_classes=10, part_fraction=(0.4, 0.5), rotate=False, jitter=0.0, seed=1
+    )
+    assert set(torch.cat([d.y for d in data]).tolist()) == set(range(10))
+    for d in data:
+        assert d.pos.norm(dim=1).max() == pytest.approx(1.0, abs=1e-5)
+        assert 0.4 - 1.0 / d.num_nodes <= d.gt.float().mean() <= 0.5 + 1.0 / d.num_nodes
+
+
+def test_dense_shapes() -> None:
+    pos, y, gt = make_dense_shapes(16, 64, seed=2)
+    assert pos.shape == (16, 64, 3) and pos.dtype == torch.float32
+    assert y.shape == (16,) and y.dtype == torch.long
+    assert gt.shape == (16, 64) and gt.dtype == torch.bool
+    assert set(y.tolist()) == set(range(NUM_CLASSES))
+    pos2, y2, gt2 = make_dense_shapes(16, 64, seed=2)
+    assert torch.equal(pos, pos2) and torch.equal(y, y2) and torch.equal(gt, gt2)
+
+
+def test_generation_is_fast() -> None:
+    start = time.perf_counter()
+    make_shapes(2000, seed=0)
+    assert time.perf_counter() - start < 10.0
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _ragged_batch(num: int = 5) -> Batch:
+    return Batch.from_data_list(make_shapes(num, min_points=20, max_points=60, seed=5))
+
+
+@pytest.mark.parametrize("model_cls", [PointNet, DGCNN])
+def test_models_output_shape(model_cls: type) -> None:
+    torch.manual_seed(0)
+    model = (
+        model_cls(NUM_CLASSES, hidden=16)
+        if model_cls is PointNet
+        else DGCNN(NUM_CLASSES, k=4, hidden=16)
+    )
+    batch = _ragged_batch()
+    assert model(batch).shape == (5, NUM_CLASSES)
+    assert model(torch.randn(3, 40, 3)).shape == (3, NUM_CLASSES)
+    model.eval()
+    with torch.no_grad():
+        single = make_shapes(1, min_points=30, max_points=30, seed=0)[0]
+        assert model(single).shape == (1, NUM_CLASSES)  # no batch vector: one sample
+        assert model(torch.randn(50, 3)).shape == (1, NUM_CLASSES)
+        one_point = Batch.from_data_list([single, single.subgraph(torch.tensor([0]))])
+        assert model(one_point).shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("model_cls", [PointNet, DGCNN])
+def test_models_gradients_reach_all_parameters(model_cls: type) -> None:
+    torch.manual_seed(0)
+    model = (
+        model_cls(NUM_CLASSES, hidden=16)
+        if model_cls is PointNet
+        else DGCNN(NUM_CLASSES, k=4, hidden=16)
+    )
+    batch = _ragged_batch(6)
+    # The T-Net's last layer starts at zero (identity transform), which blocks the
+    # gradient to the rest of the T-Net until one update has moved it.
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
+        loss.backward()
+        opt.step()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_dense_matches_batch() -> None:
+    torch.manual_seed(0)
+    pos, _, _ = make_dense_shapes(4, 32, seed=1)
+    batch = Batch.from_data_list([make_shapes(1, seed=0)[0].__class__(pos=p) for p in pos])
+    for model in (
+        PointNet(NUM_CLASSES, hidden=16).eval(),
+        DGCNN(NUM_CLASSES, k=4, hidden=16).eval(),
+    ):
+        with torch.no_grad():
+            torch.testing.assert_close(model(pos), model(batch), rtol=1e-4, atol=1e-5)
+
+
+def test_pointnet_permutation_invariant() -> None:
+    torch.manual_seed(0)
+    model = PointNet(NUM_CLASSES, hidden=16)
+    model(_ragged_batch(8))  # one training step's batch statistics so eval differs from init
+    model.eval()
+    data = make_shapes(3, min_points=50, max_points=80, seed=7)
+    perm = [d.__class__(pos=d.pos[torch.randperm(d.num_nodes)]) for d in data]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(Batch.from_data_list(data)),
+            model(Batch.from_data_list(perm)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_pointnet_extra_features() -> None:
+    model = PointNet(4, in_channels=5, hidden=8)
+    batch = _ragged_batch(3)
+    batch.x = torch.randn(batch.num_nodes, 2)
+    assert model(batch).shape == (3, 4)
+    assert model(torch.randn(2, 10, 5)).shape == (2, 4)
+
+
+@pytest.mark.slow
+def test_pointnet_learns_shapes() -> None:
+    """PointNet reaches >= 80% test accuracy after a few epochs (about a minute on 2 CPU cores)."""
+    from torch_geometric.loader import DataLoader
+
+    torch.manual_seed(0)
+    train = make_shapes(800, min_points=128, max_points=256, seed=10)
+    test = make_shapes(400, min_points=128, max_points=256, seed=11)
+    model = PointNet(NUM_CLASSES, hidden=64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(train, batch_size=32, shuffle=True)
+    for _ in range(EPOCHS):
+        model.train()
+        for batch in loader:
+            loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        batch = Batch.from_data_list(test)
+        acc = (model(batch).argmax(-1) == batch.y).float().mean().item()
+    assert acc >= 0.8, acc
+
+
+EPOCHS = 20
+
+
+# --------------------------------------------------------------------------- render
+
+
+def test_render_cloud_and_grid(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from bottleneck_pointcloud.render import render_cloud, render_grid
+
+    d = make_shapes(2, min_points=40, max_points=60, seed=0)
+    rel = torch.rand(d[0].num_nodes)
+    out = render_cloud(d[0].pos, rel, tmp_path / "a.png", title="rod", gt=d[0].gt)
+    assert out.exists() and out.stat().st_size > 1000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = render_cloud(d[0].pos, rel, tmp_path / "sub" / "b.png")
+    assert out.exists() and out.stat().st_size > 1000
+    out = render_grid(
+        [(x.pos, x.gt.float()) for x in d],
+        tmp_path / "grid.png",
+        titles=["a", "b"],
+        gts=[x.gt for x in d],
+    )
+    assert out.exists() and out.stat().st_size > 1000
+
+
+def test_render_rejects_bad_shapes(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from bottleneck_pointcloud.render import render_cloud
+
+    from bottleneck.errors import BottleneckError
+
+    with pytest.raises(BottleneckError):
+        render_cloud(torch.randn(10, 2), torch.rand(10), tmp_path / "x.png")
+    with pytest.raises(BottleneckError):
+        render_cloud(torch.randn(10, 3), torch.rand(9), tmp_path / "x.png")
