@@ -237,29 +237,36 @@ def _plan_chunks(
     return chunks
 
 
-def _sq_dists(y_t: Tensor, x_t: Tensor) -> Tensor:
+def _sq_dists(y_t: Tensor, x_t: Tensor, buf: Tensor, tmp: Tensor | None) -> Tensor:
     """Squared distances ``[R, C]`` between coordinate-major ``y_t [D, R]`` and ``x_t [D, C]``.
 
+    Written into the flat scratch ``buf`` (and ``tmp``), both of at least ``R * C``
+    elements and reused across chunks: allocating fresh multi-MiB matrices per
+    chunk let glibc's heap fragment and grow by tens of MiB per chunk on CPU.
+
     Low-dimensional inputs (points) are accumulated one coordinate at a time, which
-    is exact up to rounding of differences and needs one scratch matrix; the
-    ``|y|^2 - 2 y.x + |x|^2`` expansion would lose close-neighbour ordering to
-    cancellation for coordinates far from the origin. Wide inputs use the expansion
-    on centred coordinates (a matrix product is much faster than ``D`` passes).
+    is exact up to rounding of differences; the ``|y|^2 - 2 y.x + |x|^2`` expansion
+    would lose close-neighbour ordering to cancellation for coordinates far from
+    the origin. Wide inputs use the expansion on centred coordinates (a matrix
+    product is much faster than ``D`` passes); ``tmp`` is unused there.
     """
-    d = y_t.shape[0]
+    d, r = y_t.shape
+    c = x_t.shape[1]
+    dist = buf[: r * c].view(r, c)
     if d <= _EXACT_MAX_DIM:
-        dist = torch.sub(y_t[0].unsqueeze(1), x_t[0].unsqueeze(0))
+        torch.sub(y_t[0].unsqueeze(1), x_t[0].unsqueeze(0), out=dist)
         dist.square_()
         if d > 1:
-            tmp = torch.empty_like(dist)
+            assert tmp is not None
+            scratch = tmp[: r * c].view(r, c)
             for i in range(1, d):
-                torch.sub(y_t[i].unsqueeze(1), x_t[i].unsqueeze(0), out=tmp)
-                dist.addcmul_(tmp, tmp)
+                torch.sub(y_t[i].unsqueeze(1), x_t[i].unsqueeze(0), out=scratch)
+                dist.addcmul_(scratch, scratch)
         return dist
     center = x_t.mean(dim=1, keepdim=True)
     yc = y_t - center
     xc = x_t - center
-    dist = torch.addmm((yc * yc).sum(0).unsqueeze(1), yc.t(), xc, alpha=-2.0)
+    torch.addmm((yc * yc).sum(0).unsqueeze(1), yc.t(), xc, alpha=-2.0, out=dist)
     dist.add_((xc * xc).sum(0).unsqueeze(0))
     return dist.clamp_min_(0.0)
 
@@ -303,24 +310,32 @@ def _knn_torch(
     max_rows = _MAX_AUTO_ROWS.get(device.type, _MAX_AUTO_ROWS_ACCEL)
     chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size, max_rows)
 
+    # One set of scratch buffers, sized for the largest chunk, reused by every chunk.
+    most = max((e - s) * (hi - lo) for s, e, lo, hi in chunks)
+    buf = torch.empty(most, dtype=dtype, device=device)
+    tmp = torch.empty_like(buf) if 1 < x.shape[1] <= _EXACT_MAX_DIM else None
+    mask_buf: Tensor | None = None
+
     rows_out: list[Tensor] = []
     cols_out: list[Tensor] = []
     for s, e, lo, hi in chunks:
         c = hi - lo
         if c == 0:  # the chunk's samples have no candidates at all
             continue
-        dist = _sq_dists(y_t[:, s:e], x_t[:, lo:hi])
         r = e - s
+        dist = _sq_dists(y_t[:, s:e], x_t[:, lo:hi], buf, tmp)
         spans = by_list[s] != by_list[e - 1]
         if spans and batch_x is not None and batch_y is not None:
-            same = batch_y[s:e].unsqueeze(1) == batch_x[lo:hi].unsqueeze(0)
-            dist.masked_fill_(~same, math.inf)
+            if mask_buf is None:
+                mask_buf = torch.empty(most, dtype=torch.bool, device=device)
+            other = mask_buf[: r * c].view(r, c)
+            torch.ne(batch_y[s:e].unsqueeze(1), batch_x[lo:hi].unsqueeze(0), out=other)
+            dist.masked_fill_(other, math.inf)
         if exclude_self:
             local = torch.arange(r, device=device)
             dist[local, local + (s - lo)] = math.inf
         kk = min(k, c)
         _, idx = torch.topk(dist, kk, dim=1, largest=False, sorted=True)
-        del dist
         row = torch.arange(s, e, device=device).unsqueeze(1).expand(r, kk)
         col = idx + lo
         # Drop what the chunk's masks let through: other samples' points (for queries

@@ -272,15 +272,21 @@ def test_chunk_plan_is_bounded_and_covers_all_rows(counts, max_rows):
 
 
 def test_distance_matrices_stay_under_budget(monkeypatch):
-    """Every distance matrix the pure-torch kNN builds fits the (patched) budget."""
+    """Every distance matrix the pure-torch kNN builds fits the (patched) budget.
+
+    They must also all live in one reused buffer: fresh multi-MiB matrices per chunk
+    let glibc's heap fragment and grow by tens of MiB per chunk (an OOM at 100k).
+    """
     budget = 64 * 1024  # 16k float32 distances
     monkeypatch.setattr(nb, "DEFAULT_BUDGET_BYTES", budget)
     sizes: list[int] = []
+    storages: set[int] = set()
     real = nb._sq_dists
 
-    def spy(y_t, x_t):
-        out = real(y_t, x_t)
+    def spy(*args):
+        out = real(*args)
         sizes.append(out.numel() * out.element_size())
+        storages.add(out.untyped_storage().data_ptr())
         return out
 
     monkeypatch.setattr(nb, "_sq_dists", spy)
@@ -291,6 +297,7 @@ def test_distance_matrices_stay_under_budget(monkeypatch):
     assert edge.shape[1] == sum(c * min(8, c - 1) for c in counts)
     assert len(sizes) > 1
     assert max(sizes) <= budget
+    assert len(storages) == 1, "distance matrices are not reusing one scratch buffer"
 
 
 @pytest.mark.slow
@@ -299,8 +306,8 @@ def test_knn_graph_100k_points_bounded_memory(monkeypatch):
     sizes: list[int] = []
     real = nb._sq_dists
 
-    def spy(y_t, x_t):
-        out = real(y_t, x_t)
+    def spy(*args):
+        out = real(*args)
         sizes.append(out.numel() * out.element_size())
         return out
 

@@ -83,7 +83,7 @@ CLASS_NAMES: tuple[str, ...] = PART_NAMES[:NUM_CLASSES]
 
 _BODY_TYPES = 3
 _PART_SCALE = (0.5, 0.7)  # times the body's mean half-extent (parts have circumradius ~1)
-_PART_GAP = 0.1  # clearance between the body surface and the part's lowest point, times its scale
+_PART_GAP = 0.1  # clearance between the body surface and the part's bounding sphere, times its scale
 _ATTACH_CAP = math.radians(30.0)  # the part is mounted within this angle of the body's +z axis
 _TILT = math.radians(15.0)  # rotate=True: spin about z, then tilt by at most this angle
 
@@ -286,14 +286,13 @@ def _generate(
             part[idx] = _part(kind, idx.numel(), m, gen)
     scale = _uniform((b,), *_PART_SCALE, gen) * half.mean(-1)
     # Mount each part on the body like a fixture: its canonical +z axis along the mounting
-    # direction u, a random spin about that axis, its lowest point just off the surface.
+    # direction u, a random spin about that axis, its bounding sphere just off the surface.
     u = _cap_directions(b, _ATTACH_CAP, gen)
     z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
     spin = _axis_angle(z, torch.rand((b,), generator=gen) * 2 * math.pi)
-    lift = _PART_GAP - part[..., 2].amin(dim=1)
     rot = _align_z(u) @ spin
     part = part @ rot.transpose(1, 2) * scale[:, None, None]
-    dist = _surface_distance(body, half, u) + scale * lift
+    dist = _surface_distance(body, half, u) + scale * (1.0 + _PART_GAP)
     part = part + (u * dist[:, None])[:, None, :]
 
     # Slots [0, n_part) hold part points, [n_part, n) body points, [n, m) padding.

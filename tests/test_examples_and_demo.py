@@ -1,0 +1,46 @@
+"""Examples run as a user would run them, and the demo writes its report and renders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bottleneck.cli import main
+from bottleneck.demo import REPORT_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wrap_pyg_example_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "wrap_pyg_model.py"), "--fast", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "accuracy sparse" in result.stdout and "AUROC" in result.stdout
+    assert (tmp_path / "mask.safetensors").stat().st_size > 0
+    assert len(list(tmp_path.glob("*.png"))) == 4
+
+
+def test_demo_writes_the_shared_report(tmp_path: Path, capsys) -> None:
+    code = main(["demo", "pointcloud", "--out", str(tmp_path), "--quick", "--epochs", "1", "--train-size", "96"])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    for key in REPORT_KEYS:
+        assert key in report
+    for key in ("accuracy_plain", "accuracy_masked", "accuracy_sparse", "keep_rate", "gt_auroc"):
+        assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0
+    assert report["modality"] == "pointcloud" and report["model"] == "PointNet"
+    assert "gaussian" in report["details"]
+    assert len(list(tmp_path.glob("*.png"))) >= 1
+    assert (tmp_path / "mask.safetensors").exists()
+    assert '"accuracy_sparse"' in capsys.readouterr().out
+
+
+def test_demo_unknown_name_is_an_argparse_error() -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "pointclouds", "--out", "x"])
