@@ -241,6 +241,11 @@ class _StraightThrough(torch.autograd.Function):
         return None, grad
 
 
+def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """``hard`` in the forward pass, the gradient of ``soft`` in the backward pass."""
+    return _StraightThrough.apply(hard.detach(), soft)
+
+
 class TopKGate(Gate):
     """Straight-through hard top-k per sample: a fixed budget of ``ceil(keep * n_i)`` units.
 
@@ -256,7 +261,7 @@ class TopKGate(Gate):
         return segment_topk_mask(logits.detach(), batch, num_samples, self.keep).to(logits.dtype)
 
     def rsample(self, logits, batch=None, num_samples=1):
-        return _StraightThrough.apply(self._hard(logits, batch, num_samples), torch.sigmoid(logits))
+        return straight_through(self._hard(logits, batch, num_samples), torch.sigmoid(logits))
 
     def deterministic(self, logits, batch=None, num_samples=1):
         return self._hard(logits, batch, num_samples)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BottleneckError, describe
-from .gates import Gate
+from .gates import Gate, straight_through
 from .objective import KeepRateConstraint, per_sample_mean, rate_loss, smoothness_loss
 from .scorer import EquivariantScorer
 from .units import Units
@@ -51,6 +51,9 @@ class MaskLayer(nn.Module):
     :param constraint_step: dual-ascent step of the keep-rate multiplier (0 disables it).
     :param constraint: ``"equal"`` holds the keep rate at ``keep``; ``"at_most"`` below it.
     :param init_open: open probability of every unit at initialisation.
+    :param logit_bound: logits are clamped to ``[-bound, bound]`` in the forward pass
+        with the gradient passed straight through, so a unit pushed shut can always
+        reopen (no dead, saturated gates when the keep-rate multiplier overshoots).
     :param in_features: unit feature size, or ``None`` to infer on first call.
     """
 
@@ -62,9 +65,10 @@ class MaskLayer(nn.Module):
         hidden: int = 64,
         rate_weight: float | None = None,
         smooth_weight: float = 0.05,
-        constraint_step: float = 0.02,
+        constraint_step: float = 0.05,
         constraint: str = "equal",
         init_open: float = 0.9,
+        logit_bound: float = 6.0,
         in_features: int | None = None,
     ) -> None:
         super().__init__()
@@ -85,10 +89,14 @@ class MaskLayer(nn.Module):
         self.scorer = EquivariantScorer(hidden, gate.params_per_unit, in_features)
         self.scorer.set_output_bias(gate.init_bias(init_open))
         self.constraint = KeepRateConstraint(keep, constraint_step, constraint)
+        if logit_bound <= 0:
+            raise BottleneckError(f"logit_bound must be > 0 (got {logit_bound!r})")
+        self.logit_bound = float(logit_bound)
 
     def scores(self, units: Units) -> Tensor:
         """Gate logits for ``units`` (``[N]`` or ``[N, P]``)."""
-        logits = self.scorer(units.x, units.batch, units.num_samples)
+        raw = self.scorer(units.x, units.batch, units.num_samples)
+        logits = straight_through(raw.clamp(-self.logit_bound, self.logit_bound), raw)
         return logits.squeeze(-1) if self.gate.params_per_unit == 1 else logits
 
     def forward(self, units: Units) -> MaskResult:

@@ -64,7 +64,7 @@ class KeepRateConstraint(nn.Module):
         mask close everything when the task gives no reason to keep units.
     """
 
-    def __init__(self, target: float, step: float = 0.02, kind: str = "equal", damping: float = 1.0) -> None:
+    def __init__(self, target: float, step: float = 0.05, kind: str = "equal", damping: float = 1.0) -> None:
         super().__init__()
         if not 0.0 < target <= 1.0:
             raise BottleneckError(f"keep must be a fraction in (0, 1] (got {target!r})")

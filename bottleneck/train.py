@@ -61,6 +61,7 @@ def fit(
     epochs: int = 10,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
+    schedule: str | None = "cosine",
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -71,12 +72,15 @@ def fit(
 
     :param model: a :class:`MaskedModel` or a plain classifier returning logits.
     :param data: batches as ``(inputs, targets)`` pairs, or PyG batches with ``.y``.
+    :param schedule: ``"cosine"`` anneals the learning rate to 0 over training; ``None`` keeps it.
     :param loss_fn: task loss on ``(logits, targets)``; unused in explain mode.
     :param device: move the model and each batch there (default: the model's device).
     :param on_epoch: called with ``(epoch, means)`` after each epoch.
     """
     if epochs < 1:
         raise BottleneckError(f"epochs must be >= 1 (got {epochs})")
+    if schedule not in (None, "cosine"):
+        raise BottleneckError(f"schedule must be 'cosine' or None (got {schedule!r})")
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -84,6 +88,7 @@ def fit(
     masked = model if isinstance(model, MaskedModel) else None
     num_batches = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
     optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     history = History()
     model.train()
     total_steps = epochs * (num_batches or 1)
@@ -115,9 +120,13 @@ def fit(
             if optimizer is None:  # after the first call, so lazily sized layers exist
                 params = [p for p in model.parameters() if p.requires_grad]
                 optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+                if schedule == "cosine":
+                    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             step += 1
             logged["loss"] = loss.detach()
             count += 1

@@ -83,7 +83,9 @@ CLASS_NAMES: tuple[str, ...] = PART_NAMES[:NUM_CLASSES]
 
 _BODY_TYPES = 3
 _PART_SCALE = (0.5, 0.7)  # times the body's mean half-extent (parts have circumradius ~1)
-_PART_GAP = 0.1  # clearance between the body surface and the part's bounding sphere, times its scale
+_PART_GAP = (
+    0.1  # clearance between the body surface and the part's bounding sphere, times its scale
+)
 _ATTACH_CAP = math.radians(30.0)  # the part is mounted within this angle of the body's +z axis
 _TILT = math.radians(15.0)  # rotate=True: spin about z, then tilt by at most this angle
 
@@ -120,7 +122,10 @@ def _ellipsoid_surface(half: Tensor, n: int, gen: torch.Generator) -> Tensor:
 
 
 def _cylinder_surface(half: Tensor, n: int, gen: torch.Generator) -> Tensor:
-    """``n`` points on closed elliptic cylinders along z (radii ``half[:, :2]``, half-height ``half[:, 2]``)."""
+    """``n`` points on closed cylinders along z.
+
+    The radius is the mean of ``half[:, :2]`` and the half-height ``half[:, 2]``.
+    """
     b = half.shape[0]
     r = half[:, :2].mean(-1)
     side_area = 2 * math.pi * r * 2 * half[:, 2]
@@ -133,8 +138,8 @@ def _cylinder_surface(half: Tensor, n: int, gen: torch.Generator) -> Tensor:
     z = torch.where(on_side, torch.rand((b, n), generator=gen) * 2 - 1, sign)
     return torch.stack(
         [
-            rho * theta.cos() * half[:, None, 0],
-            rho * theta.sin() * half[:, None, 1],
+            rho * theta.cos() * r[:, None],
+            rho * theta.sin() * r[:, None],
             z * half[:, None, 2],
         ],
         dim=-1,
@@ -168,7 +173,7 @@ def _align_z(u: Tensor) -> Tensor:
 
 
 def _upright_rotations(b: int, tilt: float, gen: torch.Generator) -> Tensor:
-    """Uniform spin about z followed by a tilt of at most ``tilt`` radians about a horizontal axis."""
+    """Uniform spin about z, then a tilt of at most ``tilt`` radians about a horizontal axis."""
     z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
     spin = _axis_angle(z, torch.rand((b,), generator=gen) * 2 * math.pi)
     phi = torch.rand((b,), generator=gen) * 2 * math.pi
@@ -368,13 +373,15 @@ def make_shapes(
     of the discriminative part), where ``n`` is uniform in
     ``[min_points, max_points]``. Labels are balanced (each class appears
     ``num_samples // num_classes`` or one more times) and shuffled. The clouds
-    are centred, scaled to the unit sphere, rotated upright (uniform spin about z,
-    tilt up to 15 degrees) when ``rotate`` and jittered by ``N(0, jitter^2)``; see the module docstring for
-    the bodies and the parts. The same ``seed`` gives the same samples.
+    are centred, scaled to the unit sphere, rotated upright (uniform spin about
+    z, tilt up to 15 degrees) when ``rotate`` and jittered by ``N(0, jitter^2)``;
+    see the module docstring for the bodies and the parts. The same ``seed``
+    gives the same samples.
 
-    A small :class:`~bottleneck_pointcloud.models.PointNet` learns the default
-    8 classes to about 95% test accuracy from 2000 clouds of 128-256 points in
-    about 12 epochs (Adam, lr 3e-3), under a minute on two CPU cores.
+    Learnability: a :class:`~bottleneck_pointcloud.models.PointNet` (hidden=64)
+    trained on 2000 clouds of 128-256 points for 12 epochs (batch 32, Adam, lr
+    3e-3 with cosine decay) reaches 95-98% test accuracy in under a minute on two
+    CPU cores; a larger ``part_fraction`` makes the task easier.
     """
     _validate(num_samples, num_classes, part_fraction, jitter)
     _check(

@@ -47,8 +47,8 @@ def _unpack(data: Any, in_channels: int = 3) -> tuple[Tensor, Tensor | None, Ten
         x = getattr(data, "x", None)
         if not isinstance(x, Tensor) or x.shape != (pos.shape[0], in_channels - 3):
             raise BottleneckError(
-                f"in_channels={in_channels} needs data.x of shape [{pos.shape[0]}, {in_channels - 3}], "
-                f"got {describe(x)}"
+                f"in_channels={in_channels} needs data.x of shape "
+                f"[{pos.shape[0]}, {in_channels - 3}], got {describe(x)}"
             )
     batch = getattr(data, "batch", None)
     if batch is None:
