@@ -122,7 +122,13 @@ class HardConcreteGate(Gate):
         return self._stretch(s)
 
     def deterministic(self, logits, batch=None, num_samples=1):
-        return self._stretch(torch.sigmoid(logits))
+        """The most likely state of each gate: 1 where ``P(open) > 1/2``, else 0.
+
+        Training samples are almost all exactly 0 or 1, so inference sees the
+        same kind of input; Louizos et al.'s soft estimator would shrink kept
+        units towards the baseline, which training never showed the model.
+        """
+        return (self.expected_open(logits) > 0.5).to(logits.dtype)
 
     def expected_open(self, logits, batch=None, num_samples=1):
         return torch.sigmoid(logits - self.temperature * self._log_ratio)

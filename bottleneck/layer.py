@@ -95,13 +95,19 @@ class MaskLayer(nn.Module):
 
     def scores(self, units: Units) -> Tensor:
         """Gate logits for ``units`` (``[N]`` or ``[N, P]``)."""
-        raw = self.scorer(units.x, units.batch, units.num_samples)
+        return self._bounded(self.scorer(units.x, units.batch, units.num_samples))[0]
+
+    def _bounded(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """Clamped logits (straight-through) and a penalty pulling raw scores back inside the bound."""
         logits = straight_through(raw.clamp(-self.logit_bound, self.logit_bound), raw)
-        return logits.squeeze(-1) if self.gate.params_per_unit == 1 else logits
+        excess = (raw.abs() - self.logit_bound).clamp(min=0.0).pow(2).mean()
+        if self.gate.params_per_unit == 1:
+            logits = logits.squeeze(-1)
+        return logits, excess
 
     def forward(self, units: Units) -> MaskResult:
         batch, num_samples = units.batch, units.num_samples
-        logits = self.scores(units)
+        logits, excess = self._bounded(self.scorer(units.x, units.batch, units.num_samples))
         if self.training:
             gates = self.gate.rsample(logits, batch, num_samples)
         else:
@@ -112,13 +118,14 @@ class MaskLayer(nn.Module):
         rate = rate_loss(self.gate, logits, batch, num_samples)
         smooth = smoothness_loss(p_open, units.edge_index, batch, num_samples)
         keep_term = self.constraint(mean_keep)
-        loss = keep_term + self.rate_weight * rate + self.smooth_weight * smooth
+        loss = keep_term + self.rate_weight * rate + self.smooth_weight * smooth + excess
         terms = {
             "rate": rate.detach(),
             "keep_penalty": keep_term.detach(),
             "smoothness": smooth.detach(),
             "multiplier": self.constraint.multiplier.detach().clone(),
             "keep_rate": mean_keep.detach(),
+            "logit_bound": excess.detach(),
         }
         return MaskResult(logits, gates, p_open, keep_rate, loss, terms)
 

@@ -67,7 +67,7 @@ def test_shapes_options() -> None:
     )
     assert set(torch.cat([d.y for d in data]).tolist()) == set(range(10))
     for d in data:
-        assert d.pos.norm(dim=1).max() == pytest.approx(1.0, abs=1e-5)
+        assert 0.5 < d.pos.norm(dim=1).max() <= 1.0 + 0.03  # parts' thin noise
         assert 0.4 - 1.0 / d.num_nodes <= d.gt.float().mean() <= 0.5 + 1.0 / d.num_nodes
 
 

@@ -3,9 +3,11 @@
 Units are points; the unit graph is the kNN graph on coordinates. Baselines:
 
 * ``remove`` (default) — points whose gate is exactly 0 are removed from the
-  cloud; the others move towards the sample centroid by ``1 - gate``, which
-  keeps a gradient. Training then sees what sparse inference sees. On dense
-  tensors, which cannot be ragged, removed points sit at the centroid.
+  cloud; the others move towards the sample centroid by ``1 - gate`` (hard
+  concrete gates are almost all exactly 0 or 1, and exactly so at inference),
+  so training sees what sparse inference sees. On dense tensors,
+  which cannot be ragged, removed points sit at the centroid. Gates that are
+  never exactly 0 (``concrete``) remove nothing: use ``centroid`` with them.
 * ``centroid`` — every point is blended towards its sample's centroid.
 * ``zero`` — coordinates are scaled by the gate (PointMask's released code).
 """

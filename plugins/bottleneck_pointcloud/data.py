@@ -9,14 +9,18 @@ Every cloud is a *body* with one *part* mounted on top of it:
 * The part is mounted just outside the body surface, in a direction drawn
   uniformly within 30 degrees of the body's +z axis (the "top"), like a fixture:
   its own canonical z axis points along that direction and it is spun by a random
-  angle about it. Every canonical part has a circumradius of about 1 and is scaled
-  by ``U(0.5, 0.7)`` times the body's mean half-extent, so its size says nothing
+  angle about it. Every canonical part fits the unit ball (circumradius about 1)
+  and is scaled by ``U(0.5, 0.7)`` times the body's mean half-extent, so its size says nothing
   about the class either; only its geometry decides the class.
 * The part's points are a fraction ``U(*part_fraction)`` of the cloud; their mask
   is the ground truth ``gt``.
 
-The cloud is then centred on its mean and scaled so that its farthest point lies
-on the unit sphere. With ``rotate=True`` it is rotated about the vertical z axis
+The cloud is then centred and scaled into the unit ball. To keep the body free of
+class information, the centre and scale are computed from label-independent
+quantities only: the centre is the point-count-weighted mean of the body's centre
+and the centre of the part's bounding sphere (close to the cloud's mean), and the
+scale makes the farthest body point or the part's bounding sphere touch the unit
+sphere (every point lies within it, up to jitter and the parts' thin noise). With ``rotate=True`` it is rotated about the vertical z axis
 by a uniform angle and then tilted by up to 15 degrees about a random horizontal
 axis (the "upright" augmentation of ModelNet-style benchmarks; full SO(3) would
 put the part anywhere, which a small PointNet does not learn in a CPU-sized
@@ -32,10 +36,10 @@ Part geometries (class index -- name, in the part's canonical frame):
   3   ball        solid ball of radius 0.8
   4   cube        surface of a cube with half-side 0.577
   5   cross       two perpendicular rods of length 2, lying on the body
-  6   helix       three turns of radius 0.45 over a height of 1.8, standing
+  6   helix       three turns of radius 0.45 over a height of 1.76, standing
   7   dumbbell    two solid balls of radius 0.3 whose centres are 1.4 apart
-  8   cone        lateral surface of a cone (height 1.5, base radius 0.7), tip out
-  9   bowl        hemisphere shell of radius 1, opening outwards
+  8   cone        lateral surface of a cone (height 1.44, base radius 0.68), tip out
+  9   bowl        hemisphere shell of radius 0.88, opening outwards
 ====  ==========  ==========================================================
 
 The default ``num_classes=8`` uses the first eight; up to ten are available.
@@ -82,7 +86,7 @@ CLASS_NAMES: tuple[str, ...] = PART_NAMES[:NUM_CLASSES]
 """Names of the default classes (the first :data:`NUM_CLASSES` part geometries)."""
 
 _BODY_TYPES = 3
-_PART_SCALE = (0.5, 0.7)  # times the body's mean half-extent (parts have circumradius ~1)
+_PART_SCALE = (0.5, 0.7)  # times the body's mean half-extent (parts fit the unit ball)
 _PART_GAP = (
     0.1  # clearance between the body surface and the part's bounding sphere, times its scale
 )
@@ -206,7 +210,7 @@ def _rod(b: int, n: int, gen: torch.Generator, thickness: float = 0.03) -> Tenso
 
 
 def _part(kind: int, b: int, n: int, gen: torch.Generator) -> Tensor:
-    """``n`` points of ``b`` canonical parts of geometry ``kind`` (circumradius about 1)."""
+    """``n`` points of ``b`` canonical parts of geometry ``kind`` (within the unit ball)."""
     if kind == 0:  # rod, standing along z
         return _rod(b, n, gen)[..., [2, 1, 0]]
     if kind == 1:  # disk
@@ -232,7 +236,7 @@ def _part(kind: int, b: int, n: int, gen: torch.Generator) -> Tensor:
     if kind == 6:  # helix
         t = torch.rand((b, n), generator=gen)
         angle = t * 3 * 2 * math.pi
-        pts = torch.stack([0.45 * angle.cos(), 0.45 * angle.sin(), 1.8 * t - 0.9], dim=-1)
+        pts = torch.stack([0.45 * angle.cos(), 0.45 * angle.sin(), 1.76 * t - 0.88], dim=-1)
         return pts + torch.randn((b, n, 3), generator=gen) * 0.02
     if kind == 7:  # dumbbell
         pts = _solid_ball(b, n, 0.3, gen)
@@ -242,12 +246,12 @@ def _part(kind: int, b: int, n: int, gen: torch.Generator) -> Tensor:
     if kind == 8:  # cone (lateral surface), density proportional to the radius
         h = torch.rand((b, n), generator=gen).sqrt()
         theta = torch.rand((b, n), generator=gen) * 2 * math.pi
-        rho = 0.7 * h
-        return torch.stack([rho * theta.cos(), rho * theta.sin(), 0.75 - 1.5 * h], dim=-1)
+        rho = 0.68 * h
+        return torch.stack([rho * theta.cos(), rho * theta.sin(), 0.72 - 1.44 * h], dim=-1)
     if kind == 9:  # bowl (hemisphere shell)
-        d = _unit_vectors((b, n), gen)
+        d = _unit_vectors((b, n), gen) * 0.88
         d[..., 2] = -d[..., 2].abs()
-        return d + torch.tensor([0.0, 0.0, 0.5])
+        return d + torch.tensor([0.0, 0.0, 0.44])
     raise AssertionError(kind)
 
 
@@ -298,7 +302,8 @@ def _generate(
     rot = _align_z(u) @ spin
     part = part @ rot.transpose(1, 2) * scale[:, None, None]
     dist = _surface_distance(body, half, u) + scale * (1.0 + _PART_GAP)
-    part = part + (u * dist[:, None])[:, None, :]
+    anchor = u * dist[:, None]  # centre of the part's bounding sphere (radius ``scale``)
+    part = part + anchor[:, None, :]
 
     # Slots [0, n_part) hold part points, [n_part, n) body points, [n, m) padding.
     frac = _uniform((b,), *part_fraction, gen)
@@ -308,11 +313,15 @@ def _generate(
     valid = slot < counts[:, None]
     pos = torch.where(gt[..., None], part, pts)
 
-    # Centre, scale to the unit sphere, rotate, jitter.
-    w = valid[..., None].float()
-    centre = (pos * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
-    pos = (pos - centre) * w
-    radius = pos.norm(dim=-1).amax(dim=1).clamp_min(1e-12)
+    # Centre and scale to the unit ball using only label-independent quantities -- the
+    # body's points and the part's bounding sphere, not the part's points -- so that
+    # the normalised body does not reveal how the part's points are spread.
+    # The centre is the cloud's mean up to the part's shape: the body is centred on 0.
+    centre = ((n_part / counts)[:, None] * anchor)[:, None, :]
+    pos = (pos - centre) * valid[..., None]
+    body_radius = pos.norm(dim=-1).masked_fill(gt | ~valid, 0.0).amax(dim=1)
+    part_radius = (anchor - centre[:, 0]).norm(dim=-1) + scale
+    radius = torch.maximum(body_radius, part_radius).clamp_min(1e-12)
     pos = pos / radius[:, None, None]
     if rotate:
         pos = pos @ _upright_rotations(b, _TILT, gen).transpose(1, 2)
@@ -373,7 +382,7 @@ def make_shapes(
     of the discriminative part), where ``n`` is uniform in
     ``[min_points, max_points]``. Labels are balanced (each class appears
     ``num_samples // num_classes`` or one more times) and shuffled. The clouds
-    are centred, scaled to the unit sphere, rotated upright (uniform spin about
+    are centred, scaled into the unit ball, rotated upright (uniform spin about
     z, tilt up to 15 degrees) when ``rotate`` and jittered by ``N(0, jitter^2)``;
     see the module docstring for the bodies and the parts. The same ``seed``
     gives the same samples.
