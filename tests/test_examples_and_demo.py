@@ -35,7 +35,7 @@ def test_demo_writes_the_shared_report(tmp_path: Path, capsys) -> None:
     for key in ("accuracy_plain", "accuracy_masked", "accuracy_sparse", "keep_rate", "gt_auroc"):
         assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0
     assert report["modality"] == "pointcloud" and report["model"] == "PointNet"
-    assert "gaussian" in report["details"]
+    assert "hard_concrete" in report["details"]
     assert len(list(tmp_path.glob("*.png"))) >= 1
     assert (tmp_path / "mask.safetensors").exists()
     assert '"accuracy_sparse"' in capsys.readouterr().out
