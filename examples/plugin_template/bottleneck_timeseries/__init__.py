@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch_geometric.utils import to_dense_batch
 
 import bottleneck
 from bottleneck.errors import BottleneckError, describe
 from bottleneck.units import Units, batch_from_counts
-from torch_geometric.utils import to_dense_batch
 
 __version__ = "0.1.0"
 
