@@ -48,7 +48,7 @@ def load_mask(masked: MaskedModel, path: str | Path, *, load_model: bool = True)
     config = read_config(path)
     if config["gate"] != masked.gate_name:
         raise BottleneckError(f"{path} holds a {config['gate']!r} mask; this model has a {masked.gate_name!r} one")
-    tensors = load_file(str(path), device=str(next(masked.mask.constraint.buffers()).device))
+    tensors = load_file(str(path), device=str(masked.mask.constraint.multiplier.device))
     mask_state = {k[len(_MASK):]: v for k, v in tensors.items() if k.startswith(_MASK)}
     masked.mask.load_state_dict(mask_state)
     model_state = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}

@@ -6,13 +6,13 @@ import torch
 from torch import Tensor
 
 from .errors import BottleneckError, describe
+from .segment import sample_major_order
 from .units import counts_to_ptr
 
 
 def segment_average_ranks(scores: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     """1-based ranks of ``scores`` within each sample, ascending, ties given their average rank."""
-    order = torch.argsort(scores, stable=True)
-    order = order[torch.argsort(batch[order], stable=True)]
+    order = sample_major_order(scores, batch)
     sorted_scores, sorted_batch = scores[order], batch[order]
     new_group = torch.ones_like(sorted_batch, dtype=torch.bool)
     new_group[1:] = (sorted_scores[1:] != sorted_scores[:-1]) | (sorted_batch[1:] != sorted_batch[:-1])

@@ -29,15 +29,22 @@ def segment_max(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     return scatter(values, batch, dim=0, dim_size=num_samples, reduce="max")
 
 
+def sample_major_order(scores: Tensor, batch: Tensor, descending: bool = False) -> Tensor:
+    """Permutation ordering units sample by sample, by score inside each sample.
+
+    Two stable sorts: by score, then by sample id.
+    """
+    order = torch.argsort(scores, descending=descending, stable=True)
+    return order[torch.argsort(batch[order], stable=True)]
+
+
 def segment_rank(scores: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     """Rank of each unit within its sample by descending score (0 = highest).
 
-    Two stable sorts (by score, then by sample) order the units sample by sample
-    with scores descending inside each; the rank is the position minus the
+    The rank is the unit's position in :func:`sample_major_order` minus its
     sample's offset.
     """
-    order = torch.argsort(scores, descending=True, stable=True)
-    order = order[torch.argsort(batch[order], stable=True)]
+    order = sample_major_order(scores, batch, descending=True)
     counts = torch.bincount(batch, minlength=num_samples)
     ptr = counts_to_ptr(counts)
     rank = torch.empty_like(order)

@@ -157,25 +157,21 @@ class PointCloudModality(Modality):
     def _subset(self, data: BaseData, units: Units, keep: Tensor) -> BaseData:
         """A shallow copy of ``data`` holding only the kept points, with batch/ptr rebuilt."""
         index, new_batch, remap = compact(keep, units.batch, units.num_samples)
-        num_nodes = units.num_units
         out = copy.copy(data)
-        for key in list(data.keys()):
-            value = data[key]
-            if key in ("batch", "ptr") or not isinstance(value, Tensor):
-                continue
-            if key == "edge_index":
-                continue
-            if value.dim() > 0 and value.shape[0] == num_nodes and data.is_node_attr(key):
-                out[key] = value[index]
         edge_index = getattr(data, "edge_index", None)
+        valid_edges = None
         if isinstance(edge_index, Tensor):
             mapped = remap[edge_index]
-            valid = (mapped >= 0).all(0)
-            out.edge_index = mapped[:, valid]
-            for key in list(data.keys()):
-                value = data[key]
-                if key != "edge_index" and isinstance(value, Tensor) and data.is_edge_attr(key):
-                    out[key] = value[valid]
+            valid_edges = (mapped >= 0).all(0)
+            out.edge_index = mapped[:, valid_edges]
+        for key in list(data.keys()):
+            value = data[key]
+            if key in ("batch", "ptr", "edge_index") or not isinstance(value, Tensor) or value.dim() == 0:
+                continue
+            if value.shape[0] == units.num_units and data.is_node_attr(key):
+                out[key] = value[index]
+            elif valid_edges is not None and data.is_edge_attr(key):
+                out[key] = value[valid_edges]
         if getattr(data, "batch", None) is not None:
             out.batch = new_batch
             if getattr(data, "ptr", None) is not None:
