@@ -17,7 +17,7 @@ from .errors import BottleneckError
 from .wrap import MaskedModel
 
 FORMAT = "bottleneck-mask/1"
-_MASK, _MODEL = "mask.", "model."
+_MASK, _MODEL, _BASELINE = "mask.", "model.", "baseline."
 
 
 def save_mask(masked: MaskedModel, path: str | Path, *, include_model: bool = False) -> Path:
@@ -25,6 +25,9 @@ def save_mask(masked: MaskedModel, path: str | Path, *, include_model: bool = Fa
     if masked.modality_name is None:
         raise BottleneckError("call the masked model on inputs once before saving (its modality is unknown)")
     tensors = {_MASK + k: v.detach().contiguous().cpu() for k, v in masked.mask.state_dict().items()}
+    if masked.baseline_state is not None:
+        tensors.update({_BASELINE + k: v.detach().contiguous().cpu()
+                        for k, v in masked.baseline_state.state_dict().items()})
     if include_model:
         tensors.update({_MODEL + k: v.detach().contiguous().cpu() for k, v in masked.model.state_dict().items()})
     metadata = {"format": FORMAT, "config": json.dumps(masked.config())}
@@ -51,11 +54,18 @@ def load_mask(masked: MaskedModel, path: str | Path, *, load_model: bool = True)
     tensors = load_file(str(path), device=str(masked.mask.constraint.multiplier.device))
     mask_state = {k[len(_MASK):]: v for k, v in tensors.items() if k.startswith(_MASK)}
     masked.mask.load_state_dict(mask_state)
+    if masked.modality_name is None:  # adopt the saved modality, options and baseline
+        masked.modality_name, masked.baseline = config["modality"], config["baseline"]
+        masked.modality_options = dict(config.get("modality_options", {}))
+    masked.adapter()
+    baseline_state = {k[len(_BASELINE):]: v for k, v in tensors.items() if k.startswith(_BASELINE)}
+    if baseline_state:
+        if masked.baseline_state is None:
+            raise BottleneckError(f"{path} holds baseline state but this model's baseline has none")
+        masked.baseline_state.load_state_dict(baseline_state)
     model_state = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     if load_model and model_state:
         masked.model.load_state_dict(model_state)
-    masked.modality_name = config["modality"]
-    masked.baseline = config["baseline"]
     return masked
 
 
@@ -65,6 +75,7 @@ def load(path: str | Path, model: nn.Module) -> MaskedModel:
     masked = MaskedModel(
         model, config["modality"], mode=config["mode"], gate=config["gate"], keep=config["keep"],
         where=config["where"], baseline=config["baseline"],
-        faithfulness_weight=config["faithfulness_weight"], **config["layer_options"],
+        faithfulness_weight=config["faithfulness_weight"],
+        modality_options=config.get("modality_options", {}), **config["layer_options"],
     )
     return load_mask(masked, path)

@@ -19,6 +19,19 @@ class Modality(abc.ABC):
     then :meth:`apply_gates` (soft masking during training) or
     :meth:`drop_units` (hard removal for sparse inference), and finally
     :meth:`call_model`.
+
+    Optional extensions (each has a default, so a minimal plugin implements
+    only the three abstract methods):
+
+    * :meth:`configure` — per-model options (``attach(model, "image", patch_size=8)``)
+      and a look at the wrapped model; returns the adapter to use for it.
+    * :meth:`make_baseline` — a module holding baseline state (a running dataset
+      mean, a learned vector). The masked model owns it (so it trains, moves to the
+      device and is saved) and passes it back as ``state=`` to :meth:`apply_gates`.
+    * :meth:`can_drop` — ``False`` when the model cannot take a reduced input (a
+      CNN on a dense grid); sparse inference then applies hard gates instead.
+    * :meth:`hidden_to_units`, :meth:`apply_hidden_gates`, :meth:`relevance_to_input`
+      — IBA-style insertion at a hidden layer (``attach(model, where="layer2")``).
     """
 
     #: Registered name (``"pointcloud"``, ``"image"``, ...).
@@ -39,6 +52,27 @@ class Modality(abc.ABC):
             )
         return baseline
 
+    def configure(self, model: nn.Module, **options: Any) -> Modality:
+        """The adapter to use for ``model`` with per-model ``options``.
+
+        The default takes no options and returns ``self``. Plugins with options
+        return a new, configured instance (the registered one stays untouched).
+        """
+        if options:
+            raise BottleneckError(
+                f"modality {self.name!r} takes no options (got {sorted(options)}); "
+                "check the spelling of attach() keyword arguments"
+            )
+        return self
+
+    def make_baseline(self, baseline: str) -> nn.Module | None:
+        """A module with the state ``baseline`` needs (``None`` when it is stateless)."""
+        return None
+
+    def can_drop(self) -> bool:
+        """Whether :meth:`drop_units` really removes units for this model."""
+        return True
+
     def accepts(self, inputs: Any) -> bool:
         """Whether ``inputs`` look like this modality (used to detect it)."""
         return False
@@ -58,6 +92,19 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def drop_units(self, inputs: Any, units: Units, keep: Tensor) -> Any:
         """Smaller model inputs holding only the units where ``keep`` (``[N]`` bool) is True."""
+
+    # -- hidden-layer insertion (optional) -------------------------------------
+    def hidden_to_units(self, features: Any, *, with_graph: bool = True) -> Units:
+        """Units of a hidden layer's output (for ``attach(..., where=LAYER)``)."""
+        raise BottleneckError(f"modality {self.name!r} does not support hidden-layer insertion")
+
+    def apply_hidden_gates(self, features: Any, units: Units, gates: Tensor, baseline: str, **state: Any) -> Any:
+        """The hidden layer's output with each unit blended with the baseline by its gate."""
+        raise BottleneckError(f"modality {self.name!r} does not support hidden-layer insertion")
+
+    def relevance_to_input(self, values: Tensor, hidden: Units, inputs: Units) -> Tensor:
+        """Map per-hidden-unit ``values`` (``[N_hidden]``) onto the input units (``[N_input]``)."""
+        raise BottleneckError(f"modality {self.name!r} does not support hidden-layer insertion")
 
     def call_model(self, model: nn.Module, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         """Call the wrapped model on (masked) inputs."""

@@ -3,10 +3,15 @@
 The wrapped model is untouched: the masked model calls the plugin to turn the
 first positional input into units, gates them, hands the model the masked
 input, and returns the model's output with the gates and the bottleneck loss.
+
+With ``where="<layer name>"`` the mask sits at a hidden layer instead (IBA):
+a forward hook turns that layer's output into units, gates them and hands the
+gated output on; explanations are mapped back onto the input units.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +60,16 @@ class SparseOutput:
     :param kept: ``[N]`` bool, which of the original units were kept.
     :param inputs: the reduced input the model received.
     :param units: the original units.
+    :param removed: ``True`` when dropped units were removed from the input; ``False``
+        when the model cannot take a reduced input (a CNN on a dense grid) and the
+        dropped units were replaced by the baseline instead (hard gates, same compute).
     """
 
     output: Any
     kept: Tensor
     inputs: Any
     units: Units
+    removed: bool = True
 
     @property
     def kept_counts(self) -> Tensor:
@@ -99,6 +108,7 @@ class MaskedModel(nn.Module):
         where: str = "input",
         baseline: str | None = None,
         faithfulness_weight: float = 1.0,
+        modality_options: dict[str, Any] | None = None,
         **layer_options: Any,
     ) -> None:
         super().__init__()
@@ -106,23 +116,20 @@ class MaskedModel(nn.Module):
             raise BottleneckError(f"attach() needs a torch.nn.Module (got {describe(model)})")
         if mode not in MODES:
             raise BottleneckError(f"mode must be one of {list(MODES)} (got {mode!r})")
-        if where != "input":
-            raise BottleneckError(
-                f"where must be 'input' for now (got {where!r}); hidden-layer insertion is not "
-                "implemented in this version"
-            )
         self.model = model
         self.mode, self.where = mode, where
+        self.target_layer = None if where == "input" else _find_layer(model, where)
         self.modality_name = modality
+        self.modality_options = dict(modality_options or {})
         self.baseline = baseline
-        if modality is not None:
-            adapter = get_modality(modality)
-            if baseline is not None:
-                adapter.check_baseline(baseline)
+        self.baseline_state: nn.Module | None = None
+        self._adapter: Modality | None = None
         self.faithfulness_weight = float(faithfulness_weight)
         self.mask = MaskLayer(gate, keep, **layer_options)
         self.gate_name = gate
         self.layer_options = dict(layer_options)
+        if modality is not None:
+            self._resolve_adapter()
         if mode == "explain":
             self.model.requires_grad_(False)
             self.model.eval()
@@ -139,29 +146,57 @@ class MaskedModel(nn.Module):
             self.model.eval()
         return self
 
+    def _resolve_adapter(self) -> Modality:
+        """Configure the named modality for this model, check the baseline, build its state."""
+        adapter = get_modality(self.modality_name).configure(self.model, **self.modality_options)
+        if self.baseline is None:
+            self.baseline = adapter.default_baseline
+        adapter.check_baseline(self.baseline)
+        if self.baseline_state is None:
+            self.baseline_state = adapter.make_baseline(self.baseline)
+        self._adapter = adapter
+        return adapter
+
     def adapter(self, inputs: Any = None) -> Modality:
         """The modality adapter, detected from ``inputs`` on first use when not given."""
+        if self._adapter is not None:
+            return self._adapter
         if self.modality_name is None:
             if inputs is None:
                 raise BottleneckError("modality is unknown until the model is called on inputs")
             self.modality_name = detect_modality(inputs)
-        adapter = get_modality(self.modality_name)
-        if self.baseline is None:
-            self.baseline = adapter.default_baseline
-        adapter.check_baseline(self.baseline)
+        adapter = self._resolve_adapter()
+        if self.baseline_state is not None:  # created after .to(device): follow the model
+            self.baseline_state.to(_device_of(self.mask, inputs))
         return adapter
+
+    def _state(self) -> dict[str, Any]:
+        """``state=`` for the adapter's gate application when the baseline has state."""
+        return {} if self.baseline_state is None else {"state": self.baseline_state}
 
     def mask_units(self, inputs: Any) -> tuple[Modality, Units, MaskResult]:
         """Run only the mask on ``inputs``: ``(adapter, units, mask result)``."""
+        if self.target_layer is not None:
+            raise BottleneckError(
+                f"the mask sits at layer {self.where!r}: its units exist only inside a forward "
+                "pass of the model; call the masked model or explain()"
+            )
         adapter = self.adapter(inputs)
-        units = adapter.to_units(inputs, with_graph=self.training and self.mask.smooth_weight > 0)
+        units = adapter.to_units(inputs, with_graph=self._needs_graph())
         return adapter, units, self.mask(units)
+
+    def _needs_graph(self) -> bool:
+        return self.training and self.mask.smooth_weight > 0
 
     # -- forward passes ------------------------------------------------------
     def forward(self, inputs: Any, *args: Any, **kwargs: Any) -> MaskedOutput:
-        adapter, units, result = self.mask_units(inputs)
-        masked = adapter.apply_gates(inputs, units, result.gates, self.baseline)
-        output = adapter.call_model(self.model, masked, *args, **kwargs)
+        if self.target_layer is not None:
+            adapter = self.adapter(inputs)
+            output, units, result = self._run_with_hidden_mask(adapter, inputs, *args, **kwargs)
+        else:
+            adapter, units, result = self.mask_units(inputs)
+            masked = adapter.apply_gates(inputs, units, result.gates, self.baseline, **self._state())
+            output = adapter.call_model(self.model, masked, *args, **kwargs)
         loss, terms = result.loss, dict(result.terms)
         if self.mode == "explain" and self.training:
             with torch.no_grad():
@@ -171,16 +206,55 @@ class MaskedModel(nn.Module):
             terms["faithfulness"] = faith.detach()
         return MaskedOutput(output, loss, result.gates, result.p_open, result.keep_rate, terms, units)
 
+    def _run_with_hidden_mask(
+        self, adapter: Modality, inputs: Any, *args: Any, **kwargs: Any
+    ) -> tuple[Any, Units, MaskResult]:
+        """Call the model with the mask applied to ``target_layer``'s output by a forward hook."""
+        adapter.to_units(inputs, with_graph=False)  # validate the input before the model sees it
+        captured: list[tuple[Units, MaskResult]] = []
+
+        def gate_hidden(module: nn.Module, args_: Any, output: Any) -> Any:
+            if captured:
+                raise BottleneckError(
+                    f"layer {self.where!r} ran more than once in one forward pass; insert the "
+                    "mask at a layer that runs once"
+                )
+            units = adapter.hidden_to_units(output, with_graph=self._needs_graph())
+            result = self.mask(units)
+            captured.append((units, result))
+            return adapter.apply_hidden_gates(output, units, result.gates, self.baseline, **self._state())
+
+        handle = self.target_layer.register_forward_hook(gate_hidden)
+        try:
+            output = adapter.call_model(self.model, inputs, *args, **kwargs)
+        finally:
+            handle.remove()
+        if not captured:
+            raise BottleneckError(f"layer {self.where!r} did not run in the model's forward pass")
+        units, result = captured[0]
+        return output, units, result
+
     @torch.no_grad()
     def explain(self, inputs: Any) -> Explanation:
-        """Per-unit relevance of ``inputs`` in one forward pass of the mask (eval mode)."""
+        """Per-unit relevance of ``inputs`` in one forward pass (eval mode).
+
+        With the mask at a hidden layer, the model runs once to reach it and the
+        relevance is mapped back onto the input units.
+        """
         was_training = self.training
         self.eval()
         try:
-            adapter, units, result = self.mask_units(inputs)
+            if self.target_layer is None:
+                adapter, units, result = self.mask_units(inputs)
+                return Explanation(result.p_open, result.gates, units, inputs, adapter)
+            adapter = self.adapter(inputs)
+            _, hidden, result = self._run_with_hidden_mask(adapter, inputs)
+            units = adapter.to_units(inputs, with_graph=False)
+            relevance = adapter.relevance_to_input(result.p_open, hidden, units)
+            gates = adapter.relevance_to_input(result.gates, hidden, units)
+            return Explanation(relevance, gates, units, inputs, adapter)
         finally:
             self.train(was_training)
-        return Explanation(result.p_open, result.gates, units, inputs, adapter)
 
     def kept_units(self, units: Units, result: MaskResult, keep: float | None = None) -> Tensor:
         """``[N]`` bool: units kept for sparse inference.
@@ -200,17 +274,27 @@ class MaskedModel(nn.Module):
 
     @torch.no_grad()
     def sparse(self, inputs: Any, *args: Any, keep: float | None = None, **kwargs: Any) -> SparseOutput:
-        """Run the model on the kept units only: dropped units are removed, not zeroed."""
+        """Run the model on the kept units only: dropped units are removed, not zeroed.
+
+        When the adapter says the model cannot take a reduced input
+        (:meth:`~bottleneck.modality.Modality.can_drop`), the dropped units are
+        replaced by the baseline instead and ``removed`` is ``False``.
+        """
         was_training = self.training
         self.eval()
         try:
             adapter, units, result = self.mask_units(inputs)
             kept = self.kept_units(units, result, keep)
-            reduced = adapter.drop_units(inputs, units, kept)
+            removed = adapter.can_drop()
+            if removed:
+                reduced = adapter.drop_units(inputs, units, kept)
+            else:
+                hard = kept.to(result.p_open.dtype)
+                reduced = adapter.apply_gates(inputs, units, hard, self.baseline, **self._state())
             output = adapter.call_model(self.model, reduced, *args, **kwargs)
         finally:
             self.train(was_training)
-        return SparseOutput(output, kept, reduced, units)
+        return SparseOutput(output, kept, reduced, units, removed)
 
     def config(self) -> dict[str, Any]:
         """The arguments that rebuild this masked model's mask (saved with it)."""
@@ -222,6 +306,7 @@ class MaskedModel(nn.Module):
             "where": self.where,
             "baseline": self.baseline,
             "faithfulness_weight": self.faithfulness_weight,
+            "modality_options": self.modality_options,
             "layer_options": self.layer_options,
         }
 
@@ -230,6 +315,38 @@ class MaskedModel(nn.Module):
             f"modality={self.modality_name!r}, mode={self.mode!r}, gate={self.gate_name!r}, "
             f"keep={self.keep}, where={self.where!r}, baseline={self.baseline!r}"
         )
+
+
+def _find_layer(model: nn.Module, where: str) -> nn.Module:
+    """The submodule named ``where`` (dotted path), or a clear error listing real names."""
+    if not isinstance(where, str) or not where:
+        raise BottleneckError(f"where must be 'input' or a layer name (got {where!r})")
+    try:
+        return model.get_submodule(where)
+    except AttributeError:
+        names = [name for name, _ in model.named_modules() if name]
+        shown = ", ".join(repr(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
+        raise BottleneckError(
+            f"where={where!r} names no layer of {type(model).__name__}; its layers are: {shown}"
+        ) from None
+
+
+def _device_of(module: nn.Module, inputs: Any) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    return inputs.device if isinstance(inputs, Tensor) else torch.device("cpu")
+
+
+#: ``attach`` keyword arguments that configure the mask layer; the rest go to the modality.
+LAYER_OPTIONS = frozenset(
+    name for name in inspect.signature(MaskLayer.__init__).parameters if name not in ("self", "gate", "keep")
+)
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(mask layer options, modality options)`` from ``attach``'s keyword arguments."""
+    layer = {k: v for k, v in options.items() if k in LAYER_OPTIONS}
+    return layer, {k: v for k, v in options.items() if k not in LAYER_OPTIONS}
 
 
 def attach(
@@ -250,7 +367,16 @@ def attach(
     :param mode: ``"joint"`` (train mask and model) or ``"explain"`` (freeze the model).
     :param gate: ``hard_concrete`` (default), ``concrete``, ``gaussian`` (PointMask) or ``topk``.
     :param keep: target fraction of units kept per sample, in (0, 1].
-    :param where: ``"input"``.
-    :param options: ``baseline=`` and :class:`~bottleneck.layer.MaskLayer` options.
+    :param where: ``"input"``, or the name of a layer (``"layer2"``, ``"encoder.3"``)
+        whose output is masked instead (IBA-style hidden insertion).
+    :param options: ``baseline=``, ``faithfulness_weight=``,
+        :class:`~bottleneck.layer.MaskLayer` options (``smooth_weight``, ``hidden``, ...)
+        and the modality's own options (images: ``patch_size``, ``pad``, ``blur_sigma``).
     """
-    return MaskedModel(model, modality, mode=mode, gate=gate, keep=keep, where=where, **options)
+    baseline = options.pop("baseline", None)
+    faithfulness_weight = options.pop("faithfulness_weight", 1.0)
+    layer_options, modality_options = split_options(options)
+    return MaskedModel(
+        model, modality, mode=mode, gate=gate, keep=keep, where=where, baseline=baseline,
+        faithfulness_weight=faithfulness_weight, modality_options=modality_options, **layer_options,
+    )

@@ -1,0 +1,35 @@
+"""Lazy access to matplotlib for the renderers (an optional dependency).
+
+matplotlib is only needed to write figures, so it is not a hard dependency
+(``pip install bottleneck-mask[viz]``). Renderers call :func:`pyplot` when they
+draw instead of importing matplotlib at module level, so importing a plugin never
+fails or slows down because matplotlib is missing. The Agg backend is forced
+because the renderers only write files; it needs no display.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import BottleneckError
+
+__all__ = ["pyplot"]
+
+
+def pyplot(purpose: str = "rendering") -> Any:
+    """Import ``matplotlib.pyplot`` on the non-interactive Agg backend and return it.
+
+    ``purpose`` names what needs matplotlib in the error message, e.g.
+    ``"rendering point clouds"``. Raises :class:`~bottleneck.errors.BottleneckError`
+    saying how to install it when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise BottleneckError(
+            f"{purpose} needs matplotlib: pip install bottleneck-mask[viz]"
+        ) from exc
+    return plt

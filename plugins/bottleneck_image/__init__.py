@@ -1,0 +1,36 @@
+"""Built-in image plugin for bottleneck, loaded through the ``bottleneck`` entry point.
+
+Provides the ``image`` modality (``[B, C, H, W]`` float images cut into pixels or
+patches, 4-neighbour unit graph; CNNs, any image ``nn.Module``, and Hugging Face
+ViTs whose patch tokens are removed before the encoder in sparse inference;
+hidden insertion at a CNN feature map), the reference models ``SmallResNet``
+and a tiny ViT, embedded data (a planted-evidence set with per-pixel ground
+truth and scikit-learn's 8x8 digits), a renderer and ``bottleneck demo image``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from bottleneck.hookspecs import hookimpl
+
+from .adapter import ImageModality
+
+if TYPE_CHECKING:
+    from bottleneck.demo import Demo
+    from bottleneck.modality import Modality
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def bottleneck_register_modalities(register: Callable[[Modality], None]) -> None:
+    register(ImageModality())
+
+
+@hookimpl
+def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
+    from .demo import DEMO
+
+    register(DEMO)
