@@ -13,25 +13,13 @@ from typing import Any
 from torch import Tensor
 
 from bottleneck.errors import BottleneckError, describe
+from bottleneck.viz import pyplot
 
 __all__ = ["render_cloud", "render_grid"]
 
 _CMAP = "viridis"
 _DPI = 100
 _PANEL = 3.2  # inches per panel
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise BottleneckError(
-            "rendering point clouds needs matplotlib: pip install bottleneck-mask[viz]"
-        ) from exc
-    return plt
 
 
 def _as_cloud(pos: Tensor, relevance: Tensor, gt: Tensor | None, what: str) -> tuple[Any, Any, Any]:
@@ -113,7 +101,7 @@ def render_cloud(
     on mismatched shapes or when matplotlib is not installed.
     """
     p, r, g = _as_cloud(pos, relevance, gt, "render_cloud")
-    plt = _pyplot()
+    plt = pyplot("rendering point clouds")
     cols = 1 if g is None else 2
     fig = plt.figure(figsize=(_PANEL * cols + 0.6, _PANEL))
     _scatter(fig, fig.add_subplot(1, cols, 1, projection="3d"), p, r, title)
@@ -148,7 +136,7 @@ def render_grid(
         for i, (pos, rel) in enumerate(clouds)
     ]
     rows = 2 if gts is not None and any(g is not None for g in gts) else 1
-    plt = _pyplot()
+    plt = pyplot("rendering point clouds")
     fig = plt.figure(figsize=(_PANEL * k + 0.6, _PANEL * rows))
     for i, (p, r, g) in enumerate(data):
         title = None if titles is None else titles[i]

@@ -1,0 +1,195 @@
+"""Dense ViT forward vs the same ViT on kept patch tokens only.
+
+Builds ``make_vit(8)`` (32x32 RGB, 4x4 patches -> 64 patch tokens, 4 layers of
+width 128) with random weights and times, under ``torch.inference_mode()``:
+
+* ``dense``: ``model(x)`` on all 1 + 64 tokens;
+* ``kept``: ``forward_on_kept_patches(model, x, kept)`` where each row keeps its
+  own random top-k patches, ``k = ceil(keep * 64)``, so the encoder runs on
+  1 + k tokens (the index computation and gather are inside the timing).
+
+Dense and kept repeats are interleaved so that load changes on a shared
+machine hit both alike; the table gives the median and interquartile range per
+call, and the speed-up is ``median(dense) / median(kept)``. Results go to JSON.
+
+    python benchmarks/image_vit_sparse.py --device cpu --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import bottleneck_image  # noqa: F401
+except ImportError:  # not installed: use the source tree
+    sys.path.insert(0, str(ROOT / "plugins"))
+
+from bottleneck_image.models import make_vit  # noqa: E402
+from bottleneck_image.vit import find_patch_layout, forward_on_kept_patches  # noqa: E402
+
+
+def quartiles(times: list[float]) -> dict[str, float]:
+    """Median and interquartile range of ``times`` (seconds), in milliseconds."""
+    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return {
+        "median_ms": 1e3 * median,
+        "iqr_ms": 1e3 * (q3 - q1),
+        "q1_ms": 1e3 * q1,
+        "q3_ms": 1e3 * q3,
+    }
+
+
+def timer(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds for one call of ``fn``, synchronising CUDA around it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def random_topk(
+    batch: int, num_patches: int, k: int, device: torch.device, seed: int
+) -> torch.Tensor:
+    """Bool [batch, num_patches]: each row keeps its own ``k`` highest random scores."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(batch, num_patches, generator=g)
+    kept = torch.zeros(batch, num_patches, dtype=torch.bool)
+    kept.scatter_(1, scores.topk(k, dim=1).indices, True)
+    return kept.to(device)
+
+
+# --------------------------------------------------------------------------- end to end
+def end_to_end(
+    model: torch.nn.Module, x: torch.Tensor, keep: float, args: argparse.Namespace
+) -> dict | None:
+    """TODO(end-to-end): time ``bottleneck.attach(model, "image").sparse(x, keep=keep)``.
+
+    Placeholder for the full library path (mask scores -> top-k -> dropped patch
+    tokens). Return a :func:`quartiles` dict (plus anything worth recording) to
+    have it added to the table and the JSON as ``end_to_end``; None skips it.
+    """
+    try:
+        import bottleneck_image.adapter  # noqa: F401
+    except ImportError:
+        return None
+    return None  # <- fill in: interleave with the other modes or time it on its own
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--keep", type=float, default=0.25, help="fraction of patches kept per row")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per mode")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per mode first")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks/results/image_vit_sparse.json"
+    )
+    args = parser.parse_args(argv)
+    if not 0.0 < args.keep <= 1.0:
+        parser.error(f"--keep must be in (0, 1], got {args.keep}")
+    if args.repeats < 2:
+        parser.error("--repeats must be >= 2 for quartiles")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = make_vit(8).to(device).eval()
+    layout = find_patch_layout(model)
+    num_patches = layout.num_patches
+    k = math.ceil(args.keep * num_patches)
+    x = torch.randn(args.batch, layout.num_channels, *layout.image_size, device=device)
+    kept = random_topk(args.batch, num_patches, k, device, args.seed)
+
+    with torch.inference_mode():
+        dense_logits = model(x).logits
+        kept_logits = forward_on_kept_patches(model, x, kept).logits
+        assert kept_logits.shape == dense_logits.shape
+        modes: dict[str, Callable[[], Any]] = {
+            "dense": lambda: model(x),
+            "kept": lambda: forward_on_kept_patches(model, x, kept),
+        }
+        for _ in range(args.warmup):
+            for fn in modes.values():
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in modes}
+        for _ in range(args.repeats):
+            for name, fn in modes.items():  # interleaved: dense, kept, dense, kept, ...
+                times[name].append(timer(fn, device))
+        e2e = end_to_end(model, x, args.keep, args)
+
+    stats = {name: quartiles(t) for name, t in times.items()}
+    if e2e is not None:
+        stats["end_to_end"] = e2e
+    ratio = stats["dense"]["median_ms"] / stats["kept"]["median_ms"]
+    tokens = {"dense": 1 + num_patches, "kept": 1 + k, "end_to_end": 1 + k}
+
+    print(
+        f"ViT 32x32/4 ({num_patches} patches), batch {args.batch}, keep {args.keep} (k={k}), "
+        f"device {device}, threads {torch.get_num_threads()}, repeats {args.repeats}"
+    )
+    print(f"{'mode':<12}{'tokens':>8}{'median ms':>12}{'IQR ms':>10}")
+    for name, s in stats.items():
+        print(f"{name:<12}{tokens[name]:>8}{s['median_ms']:>12.2f}{s['iqr_ms']:>10.2f}")
+    print(f"speed-up dense / kept: {ratio:.2f}x")
+
+    import transformers
+
+    result = {
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine()
+        ),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "settings": {
+            "model": "make_vit(8): image 32, patch 4, hidden 128, 4 layers, 4 heads, mlp 256, sdpa",
+            "attn_implementation": model.config._attn_implementation,
+            "batch": args.batch,
+            "keep": args.keep,
+            "k": k,
+            "num_patches": num_patches,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "threads": torch.get_num_threads(),
+            "seed": args.seed,
+        },
+        "tokens": {name: tokens[name] for name in stats},
+        "timings": stats,
+        "raw_ms": {name: [1e3 * t for t in ts] for name, ts in times.items()},
+        "speedup_dense_over_kept": ratio,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
