@@ -17,7 +17,9 @@ from .errors import BottleneckError
 from .wrap import MaskedModel
 
 FORMAT = "bottleneck-mask/1"
-_MASK, _MODEL, _BASELINE = "mask.", "model.", "baseline."
+_MASK, _MODEL = "mask.", "model."
+#: Modules the masked model owns besides the mask layer, by file prefix.
+_OWNED = {"baseline.": "baseline_state", "encoder.": "unit_encoder"}
 
 
 def save_mask(masked: MaskedModel, path: str | Path, *, include_model: bool = False) -> Path:
@@ -25,9 +27,10 @@ def save_mask(masked: MaskedModel, path: str | Path, *, include_model: bool = Fa
     if masked.modality_name is None:
         raise BottleneckError("call the masked model on inputs once before saving (its modality is unknown)")
     tensors = {_MASK + k: v.detach().contiguous().cpu() for k, v in masked.mask.state_dict().items()}
-    if masked.baseline_state is not None:
-        tensors.update({_BASELINE + k: v.detach().contiguous().cpu()
-                        for k, v in masked.baseline_state.state_dict().items()})
+    for prefix, attribute in _OWNED.items():
+        module = getattr(masked, attribute)
+        if module is not None:
+            tensors.update({prefix + k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()})
     if include_model:
         tensors.update({_MODEL + k: v.detach().contiguous().cpu() for k, v in masked.model.state_dict().items()})
     metadata = {"format": FORMAT, "config": json.dumps(masked.config())}
@@ -58,11 +61,13 @@ def load_mask(masked: MaskedModel, path: str | Path, *, load_model: bool = True)
         masked.modality_name, masked.baseline = config["modality"], config["baseline"]
         masked.modality_options = dict(config.get("modality_options", {}))
     masked.adapter()
-    baseline_state = {k[len(_BASELINE):]: v for k, v in tensors.items() if k.startswith(_BASELINE)}
-    if baseline_state:
-        if masked.baseline_state is None:
-            raise BottleneckError(f"{path} holds baseline state but this model's baseline has none")
-        masked.baseline_state.load_state_dict(baseline_state)
+    for prefix, attribute in _OWNED.items():
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if state:
+            module = getattr(masked, attribute)
+            if module is None:
+                raise BottleneckError(f"{path} holds {attribute} weights but this masked model has no {attribute}")
+            module.load_state_dict(state)
     model_state = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     if load_model and model_state:
         masked.model.load_state_dict(model_state)

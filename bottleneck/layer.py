@@ -53,6 +53,10 @@ class MaskLayer(nn.Module):
     :param logit_bound: logits are clamped to ``[-bound, bound]`` in the forward pass
         with the gradient passed straight through, so a unit pushed shut can always
         reopen (no dead, saturated gates when the keep-rate multiplier overshoots).
+    :param keep_warmup: fraction of training (as reported to :meth:`anneal`) over which the
+        keep target falls linearly from ``init_open`` to ``keep``. In joint training the
+        model must learn the task before the mask can learn what the task needs; with a
+        tight budget from step 0 neither gets a signal (the image demo uses 0.3).
     :param in_features: unit feature size, or ``None`` to infer on first call.
     """
 
@@ -68,6 +72,7 @@ class MaskLayer(nn.Module):
         constraint: str = "equal",
         init_open: float = 0.9,
         logit_bound: float = 6.0,
+        keep_warmup: float = 0.0,
         in_features: int | None = None,
     ) -> None:
         super().__init__()
@@ -91,6 +96,9 @@ class MaskLayer(nn.Module):
         if logit_bound <= 0:
             raise BottleneckError(f"logit_bound must be > 0 (got {logit_bound!r})")
         self.logit_bound = float(logit_bound)
+        if not 0.0 <= keep_warmup < 1.0:
+            raise BottleneckError(f"keep_warmup must be a fraction in [0, 1) (got {keep_warmup!r})")
+        self.keep_warmup, self.init_open = float(keep_warmup), float(init_open)
 
     def scores(self, units: Units) -> Tensor:
         """Gate logits for ``units`` (``[N]`` or ``[N, P]``)."""
@@ -129,8 +137,12 @@ class MaskLayer(nn.Module):
         return MaskResult(logits, gates, p_open, keep_rate, loss, terms)
 
     def anneal(self, progress: float) -> None:
-        """Forward the training progress (0..1) to the gate's temperature schedule."""
+        """Forward the training progress (0..1) to the gate's schedule and the keep-target warm-up."""
         self.gate.anneal(progress)
+        if self.keep_warmup > 0:
+            start = max(self.keep, self.init_open)
+            ramp = min(progress / self.keep_warmup, 1.0)
+            self.constraint.target = start + (self.keep - start) * ramp
 
     def extra_repr(self) -> str:
         return (

@@ -28,6 +28,9 @@ class Modality(abc.ABC):
     * :meth:`make_baseline` — a module holding baseline state (a running dataset
       mean, a learned vector). The masked model owns it (so it trains, moves to the
       device and is saved) and passes it back as ``state=`` to :meth:`apply_gates`.
+    * :meth:`make_encoder` — a trainable module that computes the features the
+      scorer reads from the units (a small CNN over the image grid), owned and
+      trained by the masked model like the scorer itself.
     * :meth:`can_drop` — ``False`` when the model cannot take a reduced input (a
       CNN on a dense grid); sparse inference then applies hard gates instead.
     * :meth:`hidden_to_units`, :meth:`apply_hidden_gates`, :meth:`relevance_to_input`
@@ -67,6 +70,15 @@ class Modality(abc.ABC):
 
     def make_baseline(self, baseline: str) -> nn.Module | None:
         """A module with the state ``baseline`` needs (``None`` when it is stateless)."""
+        return None
+
+    def make_encoder(self) -> nn.Module | None:
+        """A module mapping :class:`Units` to ``[N, F]`` scorer features (``None``: use ``units.x``).
+
+        Plain per-unit features suit points and tokens; where a unit's relevance
+        depends on a pattern that spans neighbouring units (pixels), an encoder
+        with a receptive field over the unit grid lets the scorer see it.
+        """
         return None
 
     def can_drop(self) -> bool:

@@ -123,6 +123,7 @@ class MaskedModel(nn.Module):
         self.modality_options = dict(modality_options or {})
         self.baseline = baseline
         self.baseline_state: nn.Module | None = None
+        self.unit_encoder: nn.Module | None = None
         self._adapter: Modality | None = None
         self.faithfulness_weight = float(faithfulness_weight)
         self.mask = MaskLayer(gate, keep, **layer_options)
@@ -154,6 +155,8 @@ class MaskedModel(nn.Module):
         adapter.check_baseline(self.baseline)
         if self.baseline_state is None:
             self.baseline_state = adapter.make_baseline(self.baseline)
+        if self.unit_encoder is None:
+            self.unit_encoder = adapter.make_encoder()
         self._adapter = adapter
         return adapter
 
@@ -166,9 +169,16 @@ class MaskedModel(nn.Module):
                 raise BottleneckError("modality is unknown until the model is called on inputs")
             self.modality_name = detect_modality(inputs)
         adapter = self._resolve_adapter()
-        if self.baseline_state is not None:  # created after .to(device): follow the model
-            self.baseline_state.to(_device_of(self.mask, inputs))
+        for module in (self.baseline_state, self.unit_encoder):  # created after .to(device)
+            if module is not None:
+                module.to(_device_of(self.mask, inputs))
         return adapter
+
+    def encode(self, units: Units) -> Units:
+        """``units`` with the scorer features the adapter's encoder computes (if it has one)."""
+        if self.unit_encoder is None:
+            return units
+        return units.with_(x=self.unit_encoder(units))
 
     def _state(self) -> dict[str, Any]:
         """``state=`` for the adapter's gate application when the baseline has state."""
@@ -183,7 +193,7 @@ class MaskedModel(nn.Module):
             )
         adapter = self.adapter(inputs)
         units = adapter.to_units(inputs, with_graph=self._needs_graph())
-        return adapter, units, self.mask(units)
+        return adapter, units, self.mask(self.encode(units))
 
     def _needs_graph(self) -> bool:
         return self.training and self.mask.smooth_weight > 0
@@ -220,7 +230,7 @@ class MaskedModel(nn.Module):
                     "mask at a layer that runs once"
                 )
             units = adapter.hidden_to_units(output, with_graph=self._needs_graph())
-            result = self.mask(units)
+            result = self.mask(self.encode(units))
             captured.append((units, result))
             return adapter.apply_hidden_gates(output, units, result.gates, self.baseline, **self._state())
 

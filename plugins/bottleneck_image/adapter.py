@@ -47,13 +47,14 @@ from bottleneck.errors import BottleneckError, describe
 from bottleneck.modality import Modality
 from bottleneck.units import Units
 
+from .encoder import GridEncoder
 from .vit import PatchLayout, find_patch_layout, forward_on_kept_patches, forward_with_open_patches
 
 #: Fewest units the automatic patch size leaves per image.
 MIN_AUTO_UNITS = 64
 #: Largest automatic patch size.
 MAX_AUTO_PATCH = 16
-OPTIONS = ("patch_size", "pad", "blur_sigma")
+OPTIONS = ("patch_size", "pad", "blur_sigma", "encoder")
 CNN_BASELINES = ("zero", "mean", "blur", "learned")
 HIDDEN_BASELINES = CNN_BASELINES
 
@@ -139,6 +140,9 @@ class ImageModality(Modality):
     :param patch_size: side of a square unit in pixels (``None``: automatic, or the ViT's).
     :param pad: pad H and W up to a multiple of the patch size instead of raising.
     :param blur_sigma: Gaussian sigma of the ``blur`` baseline in pixels (``None``: 2 x patch).
+    :param encoder: the scorer reads features from a small CNN over the unit grid
+        (:class:`~bottleneck_image.encoder.GridEncoder`, default) rather than each
+        patch's pixels alone, so patterns that straddle patch borders are recognised.
     :param channels: channel count the model takes (checked on every input), if known.
     :param layout: the ViT's patch layout when the model is a ViT.
     """
@@ -151,6 +155,7 @@ class ImageModality(Modality):
         patch_size: int | None = None,
         pad: bool = False,
         blur_sigma: float | None = None,
+        encoder: bool = True,
         channels: int | None = None,
         layout: PatchLayout | None = None,
     ) -> None:
@@ -159,6 +164,7 @@ class ImageModality(Modality):
         if blur_sigma is not None and not (isinstance(blur_sigma, (int, float)) and blur_sigma > 0):
             raise BottleneckError(f"blur_sigma must be a positive number (got {blur_sigma!r})")
         self.patch_size, self.pad, self.blur_sigma = patch_size, bool(pad), blur_sigma
+        self.encoder = bool(encoder)
         self.channels, self.layout = channels, layout
         if layout is not None:
             self.baselines = ("remove", *CNN_BASELINES)
@@ -182,7 +188,10 @@ class ImageModality(Modality):
         else:
             first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
             channels = first_conv.in_channels if first_conv is not None else None
-        return ImageModality(patch_size, bool(options.get("pad", False)), options.get("blur_sigma"), channels, layout)
+        return ImageModality(
+            patch_size, bool(options.get("pad", False)), options.get("blur_sigma"),
+            bool(options.get("encoder", True)), channels, layout,
+        )
 
     def make_baseline(self, baseline: str) -> nn.Module | None:
         if baseline == "mean":
@@ -190,6 +199,9 @@ class ImageModality(Modality):
         if baseline == "learned":
             return LearnedChannelValue(dim=1)
         return None
+
+    def make_encoder(self) -> nn.Module | None:
+        return GridEncoder() if self.encoder else None
 
     def can_drop(self) -> bool:
         return self.layout is not None
@@ -226,7 +238,8 @@ class ImageModality(Modality):
         rows, cols = padded.shape[-2] // patch, padded.shape[-1] // patch
         values = rearrange(padded, "b c (r p) (s q) -> (b r s) (c p q)", p=patch, q=patch)
         if kind == "hidden":  # feature maps have arbitrary scale: standardise per sample
-            scale = values.view(num_samples, -1).pow(2).mean(-1).sqrt().clamp(min=1e-6)
+            scale = padded.reshape(num_samples, -1).pow(2).mean(-1).sqrt().clamp(min=1e-6)
+            padded = padded / scale.view(-1, 1, 1, 1)
             values = values / scale.repeat_interleave(rows * cols).unsqueeze(-1)
         r = torch.arange(rows, device=images.device, dtype=values.dtype)
         c = torch.arange(cols, device=images.device, dtype=values.dtype)
@@ -238,7 +251,7 @@ class ImageModality(Modality):
         return Units(
             x=torch.cat([values, 2 * position - 1], dim=-1), batch=batch, num_samples=num_samples, pos=pos,
             edge_index=edge_index,
-            meta={"kind": kind, "patch": patch, "grid": (rows, cols), "size": (height, width)},
+            meta={"kind": kind, "patch": patch, "grid": (rows, cols), "size": (height, width), "image": padded},
         )
 
     # -- gates -> inputs ------------------------------------------------------
@@ -254,6 +267,17 @@ class ImageModality(Modality):
     def pixel_map(self, values: Tensor, units: Units) -> Tensor:
         """``[N]`` per-unit values -> ``[B, H, W]``, for pictures and pixel-level metrics."""
         return self.gate_map(values, units)[:, 0]
+
+    def unit_truth(self, pixels: Tensor, units: Units) -> Tensor:
+        """``[B, H, W]`` bool per-pixel ground truth -> ``[N]`` bool: units holding any true pixel."""
+        rows, cols = units.meta["grid"]
+        patch, (height, width) = units.meta["patch"], units.meta["size"]
+        if pixels.shape != (units.num_samples, height, width):
+            raise BottleneckError(
+                f"expected ground truth of shape [{units.num_samples}, {height}, {width}] (got {describe(pixels)})"
+            )
+        padded = F.pad(pixels.float(), (0, cols * patch - width, 0, rows * patch - height))
+        return F.max_pool2d(padded.unsqueeze(1), patch).reshape(-1) > 0
 
     def _baseline_value(self, images: Tensor, baseline: str, patch: int, state: nn.Module | None) -> Tensor:
         if baseline in ("zero", "remove"):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import bottleneck
 from bottleneck.demo import Demo, write_report
@@ -34,11 +34,15 @@ MODELS = ("cnn", "vit")
 DATASETS = ("planted", "digits")
 #: Per (model, data): epochs, learning rate, training-set size for planted (full run).
 SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
-    ("cnn", "planted"): {"epochs": 8, "lr": 3e-3, "train_size": 3000},
-    ("cnn", "digits"): {"epochs": 15, "lr": 3e-3, "train_size": None},
-    ("vit", "planted"): {"epochs": 20, "lr": 1e-3, "train_size": 3000},
+    ("cnn", "planted"): {"epochs": 16, "lr": 3e-3, "train_size": 2000},
+    ("cnn", "digits"): {"epochs": 20, "lr": 3e-3, "train_size": None},
+    ("vit", "planted"): {"epochs": 20, "lr": 1e-3, "train_size": 2000},
     ("vit", "digits"): {"epochs": 30, "lr": 1e-3, "train_size": None},
 }
+#: Joint training: the keep target falls from 0.9 to ``keep`` over the first half of
+#: training, so the model learns the task before the mask must choose (without it the
+#: mask hides the class pattern before the model knows what it is: 0.38 vs 0.99).
+KEEP_WARMUP = 0.5
 
 
 def build_model(kind: str, data: ImageSet) -> nn.Module:
@@ -64,21 +68,37 @@ def load_data(name: str, train_size: int | None, test_size: int, seed: int) -> t
 
 
 @torch.no_grad()
-def pixel_auroc(masked: bottleneck.MaskedModel, data: ImageSet, batch_size: int = 250) -> float:
-    """Mean per-image AUROC of the relevance (each pixel takes its unit's) against the planted pixels."""
+def localisation_auroc(masked: bottleneck.MaskedModel, data: ImageSet, batch_size: int = 250) -> dict[str, float]:
+    """Mean per-image AUROC of the relevance against the planted evidence.
+
+    ``units``: a unit (patch) is positive when it holds any pixel of the class
+    pattern — the measure the mask is built for. ``pixels``: every pixel takes
+    its unit's relevance and is scored against the pattern's stroke pixels; a
+    patch-level mask cannot separate strokes from the background inside the same
+    patch, so this is capped below 1 (about 0.93 at 4x4 patches).
+    """
     if data.gt is None:
         raise BottleneckError(f"dataset {data.name!r} has no ground truth")
     device = next(masked.parameters()).device
-    scores, labels = [], []
+    unit_scores, unit_truth, unit_batch, pixel_scores, offset = [], [], [], [], 0
     for start in range(0, len(data), batch_size):
         images = data.images[start:start + batch_size].to(device)
         explanation = masked.explain(images)
         adapter: ImageModality = explanation.modality  # type: ignore[assignment]
-        scores.append(adapter.pixel_map(explanation.relevance, explanation.units).cpu().flatten(1))
-        labels.append(data.gt[start:start + batch_size].flatten(1))
-    score, label = torch.cat(scores), torch.cat(labels)
-    batch = torch.arange(score.shape[0]).repeat_interleave(score.shape[1])
-    return mean_auroc(score.reshape(-1), label.reshape(-1), batch, score.shape[0])
+        units = explanation.units
+        relevance = explanation.relevance.cpu()
+        cpu_units = units.with_(x=units.x.cpu(), batch=units.batch.cpu())
+        unit_scores.append(relevance)
+        unit_truth.append(adapter.unit_truth(data.gt[start:start + batch_size], cpu_units))
+        unit_batch.append(cpu_units.batch + offset)
+        offset += units.num_samples
+        pixel_scores.append(adapter.pixel_map(relevance, cpu_units).flatten(1))
+    pixels, truth = torch.cat(pixel_scores), data.gt.flatten(1)
+    pixel_batch = torch.arange(pixels.shape[0]).repeat_interleave(pixels.shape[1])
+    return {
+        "units": mean_auroc(torch.cat(unit_scores), torch.cat(unit_truth), torch.cat(unit_batch), offset),
+        "pixels": mean_auroc(pixels.reshape(-1), truth.reshape(-1), pixel_batch, pixels.shape[0]),
+    }
 
 
 
@@ -109,13 +129,14 @@ def run(
     plain_seconds = time.perf_counter() - start
     accuracy_plain = bottleneck.evaluate(plain, test)["accuracy"]
 
-    masked = bottleneck.attach(copy.deepcopy(initial), "image", gate=gate, keep=keep).to(dev)
+    masked = bottleneck.attach(copy.deepcopy(initial), "image", gate=gate, keep=keep,
+                               keep_warmup=KEEP_WARMUP).to(dev)
     start = time.perf_counter()
     bottleneck.fit(masked, train, epochs=epochs, lr=lr, device=dev, progress=progress, description=gate)
     masked_seconds = time.perf_counter() - start
     dense = bottleneck.evaluate(masked, test)
     sparse = bottleneck.evaluate(masked, test, sparse=True, sparse_keep=keep)
-    gt_auroc = pixel_auroc(masked, test_set) if test_set.gt is not None else None
+    auroc = localisation_auroc(masked, test_set) if test_set.gt is not None else None
 
     adapter = masked.adapter()
     report: dict[str, Any] = {
@@ -125,7 +146,7 @@ def run(
         "accuracy_masked": dense["accuracy"],
         "accuracy_sparse": sparse["accuracy"],
         "keep_rate": dense["keep_rate"],
-        "gt_auroc": gt_auroc,
+        "gt_auroc": None if auroc is None else auroc["units"],
         "seconds": 0.0,
         "data": data,
         "gate": gate,
@@ -135,6 +156,7 @@ def run(
         "details": {
             "expected_keep_rate": dense["expected_keep_rate"],
             "sparse_keep_rate": sparse["keep_rate"],
+            "gt_auroc_pixels": None if auroc is None else auroc["pixels"],
             "plain_train_seconds": plain_seconds,
             "masked_train_seconds": masked_seconds,
         },
