@@ -1,12 +1,16 @@
-"""Dense ViT forward vs the same ViT on kept patch tokens only.
+"""Dense ViT forward vs the same ViT on kept patch tokens only, with and without the mask.
 
-Builds ``make_vit(8)`` (32x32 RGB, 4x4 patches -> 64 patch tokens, 4 layers of
-width 128) with random weights and times, under ``torch.inference_mode()``:
+Builds the demo's ViT (``bottleneck_image.demo.VIT_CONFIG``: 32x32 RGB, 4x4
+patches -> 64 patch tokens) with random weights (speed does not depend on the
+weights) and times, under ``torch.inference_mode()``:
 
 * ``dense``: ``model(x)`` on all 1 + 64 tokens;
 * ``kept``: ``forward_on_kept_patches(model, x, kept)`` where each row keeps its
   own random top-k patches, ``k = ceil(keep * 64)``, so the encoder runs on
-  1 + k tokens (the index computation and gather are inside the timing).
+  1 + k tokens (the index computation and gather are inside the timing);
+* ``sparse``: the whole library path, ``bottleneck.attach(model, "image").sparse(x, keep=keep)``:
+  unit features, the mask's encoder and scorer, per-sample top-k, token removal
+  and the model on the kept tokens.
 
 Dense and kept repeats are interleaved so that load changes on a shared
 machine hit both alike; the table gives the median and interquartile range per
@@ -36,6 +40,8 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "plugins"))
 
+import bottleneck  # noqa: E402
+from bottleneck_image.demo import VIT_CONFIG  # noqa: E402
 from bottleneck_image.models import make_vit  # noqa: E402
 from bottleneck_image.vit import find_patch_layout, forward_on_kept_patches  # noqa: E402
 
@@ -73,23 +79,6 @@ def random_topk(
     return kept.to(device)
 
 
-# --------------------------------------------------------------------------- end to end
-def end_to_end(
-    model: torch.nn.Module, x: torch.Tensor, keep: float, args: argparse.Namespace
-) -> dict | None:
-    """TODO(end-to-end): time ``bottleneck.attach(model, "image").sparse(x, keep=keep)``.
-
-    Placeholder for the full library path (mask scores -> top-k -> dropped patch
-    tokens). Return a :func:`quartiles` dict (plus anything worth recording) to
-    have it added to the table and the JSON as ``end_to_end``; None skips it.
-    """
-    try:
-        import bottleneck_image.adapter  # noqa: F401
-    except ImportError:
-        return None
-    return None  # <- fill in: interleave with the other modes or time it on its own
-
-
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -117,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = make_vit(8).to(device).eval()
+    model = make_vit(8, **VIT_CONFIG).to(device).eval()
+    masked = bottleneck.attach(model, "image", keep=args.keep).to(device).eval()
     layout = find_patch_layout(model)
     num_patches = layout.num_patches
     k = math.ceil(args.keep * num_patches)
@@ -128,9 +118,12 @@ def main(argv: list[str] | None = None) -> dict:
         dense_logits = model(x).logits
         kept_logits = forward_on_kept_patches(model, x, kept).logits
         assert kept_logits.shape == dense_logits.shape
+        sparse = masked.sparse(x, keep=args.keep)
+        assert sparse.removed and int(sparse.kept_counts.min()) == k
         modes: dict[str, Callable[[], Any]] = {
             "dense": lambda: model(x),
             "kept": lambda: forward_on_kept_patches(model, x, kept),
+            "sparse": lambda: masked.sparse(x, keep=args.keep),
         }
         for _ in range(args.warmup):
             for fn in modes.values():
@@ -139,13 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.repeats):
             for name, fn in modes.items():  # interleaved: dense, kept, dense, kept, ...
                 times[name].append(timer(fn, device))
-        e2e = end_to_end(model, x, args.keep, args)
 
     stats = {name: quartiles(t) for name, t in times.items()}
-    if e2e is not None:
-        stats["end_to_end"] = e2e
     ratio = stats["dense"]["median_ms"] / stats["kept"]["median_ms"]
-    tokens = {"dense": 1 + num_patches, "kept": 1 + k, "end_to_end": 1 + k}
+    ratio_sparse = stats["dense"]["median_ms"] / stats["sparse"]["median_ms"]
+    tokens = {"dense": 1 + num_patches, "kept": 1 + k, "sparse": 1 + k}
 
     print(
         f"ViT 32x32/4 ({num_patches} patches), batch {args.batch}, keep {args.keep} (k={k}), "
@@ -154,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'mode':<12}{'tokens':>8}{'median ms':>12}{'IQR ms':>10}")
     for name, s in stats.items():
         print(f"{name:<12}{tokens[name]:>8}{s['median_ms']:>12.2f}{s['iqr_ms']:>10.2f}")
-    print(f"speed-up dense / kept: {ratio:.2f}x")
+    print(f"speed-up dense / kept (model only): {ratio:.2f}x")
+    print(f"speed-up dense / sparse (with the mask): {ratio_sparse:.2f}x")
 
     import transformers
 
@@ -169,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "settings": {
-            "model": "make_vit(8): image 32, patch 4, hidden 128, 4 layers, 4 heads, mlp 256, sdpa",
+            "model": f"make_vit(8, **{VIT_CONFIG}), sdpa",
             "attn_implementation": model.config._attn_implementation,
             "batch": args.batch,
             "keep": args.keep,
@@ -184,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "timings": stats,
         "raw_ms": {name: [1e3 * t for t in ts] for name, ts in times.items()},
         "speedup_dense_over_kept": ratio,
+        "speedup_dense_over_sparse": ratio_sparse,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

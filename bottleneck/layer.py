@@ -49,6 +49,9 @@ class MaskLayer(nn.Module):
     :param smooth_weight: weight of total variation over the unit graph.
     :param constraint_step: dual-ascent step of the keep-rate multiplier (0 disables it).
     :param constraint: ``"equal"`` holds the keep rate at ``keep``; ``"at_most"`` below it.
+    :param constraint_damping: proportional gain of the keep-rate constraint (see
+        :class:`~bottleneck.objective.KeepRateConstraint`); larger values track the
+        target more tightly when the task pushes every gate open.
     :param init_open: open probability of every unit at initialisation.
     :param logit_bound: logits are clamped to ``[-bound, bound]`` in the forward pass
         with the gradient passed straight through, so a unit pushed shut can always
@@ -70,6 +73,7 @@ class MaskLayer(nn.Module):
         smooth_weight: float = 0.05,
         constraint_step: float = 0.05,
         constraint: str = "equal",
+        constraint_damping: float = 1.0,
         init_open: float = 0.9,
         logit_bound: float = 6.0,
         keep_warmup: float = 0.0,
@@ -92,7 +96,7 @@ class MaskLayer(nn.Module):
         self.smooth_weight = float(smooth_weight)
         self.scorer = EquivariantScorer(hidden, gate.params_per_unit, in_features)
         self.scorer.set_output_bias(gate.init_bias(init_open))
-        self.constraint = KeepRateConstraint(keep, constraint_step, constraint)
+        self.constraint = KeepRateConstraint(keep, constraint_step, constraint, constraint_damping)
         if logit_bound <= 0:
             raise BottleneckError(f"logit_bound must be > 0 (got {logit_bound!r})")
         self.logit_bound = float(logit_bound)
@@ -142,7 +146,9 @@ class MaskLayer(nn.Module):
         if self.keep_warmup > 0:
             start = max(self.keep, self.init_open)
             ramp = min(progress / self.keep_warmup, 1.0)
-            self.constraint.target = start + (self.keep - start) * ramp
+            target = start + (self.keep - start) * ramp
+            self.constraint.target = target
+            self.gate.keep = target  # fixed-budget gates (top-k) follow the same schedule
 
     def extra_repr(self) -> str:
         return (

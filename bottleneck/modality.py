@@ -41,6 +41,9 @@ class Modality(abc.ABC):
     name: ClassVar[str] = ""
     #: Baselines :meth:`apply_gates` understands; the first is the default.
     baselines: ClassVar[tuple[str, ...]] = ("zero",)
+    #: Mask-layer options this modality trains best with (``attach`` arguments override
+    #: them). Applied when the modality is named in ``attach``, not when detected.
+    layer_defaults: ClassVar[dict[str, Any]] = {}
 
     @property
     def default_baseline(self) -> str:

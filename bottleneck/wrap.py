@@ -126,6 +126,8 @@ class MaskedModel(nn.Module):
         self.unit_encoder: nn.Module | None = None
         self._adapter: Modality | None = None
         self.faithfulness_weight = float(faithfulness_weight)
+        if modality is not None:
+            layer_options = {**get_modality(modality).layer_defaults, **layer_options}
         self.mask = MaskLayer(gate, keep, **layer_options)
         self.gate_name = gate
         self.layer_options = dict(layer_options)

@@ -277,3 +277,27 @@ def test_image_plugin_is_registered_through_its_entry_point(plugin_manager) -> N
     assert isinstance(get_modality("image"), ImageModality)
     names = {name for name, _ in plugin_manager.list_name_plugin()}
     assert "image" in names
+
+
+def test_unit_truth_marks_patches_holding_any_evidence_pixel() -> None:
+    adapter = ImageModality(patch_size=4)
+    units = adapter.to_units(images(batch=2, size=8))
+    gt = torch.zeros(2, 8, 8, dtype=torch.bool)
+    gt[0, 3, 3] = True  # top-left patch only
+    gt[1, 4:6, 0:8] = True  # both bottom patches
+    assert adapter.unit_truth(gt, units).tolist() == [True, False, False, False, False, False, True, True]
+    with pytest.raises(BottleneckError, match=r"ground truth of shape \[2, 8, 8\]"):
+        adapter.unit_truth(gt[:, :4], units)
+
+
+def test_the_scorer_reads_a_grid_encoder_that_trains_and_is_saved(tmp_path) -> None:
+    from bottleneck_image.encoder import GridEncoder
+
+    masked = bottleneck.attach(tiny_cnn(), "image", keep=0.3)
+    out = masked(images())
+    assert isinstance(masked.unit_encoder, GridEncoder)
+    out.ib_loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in masked.unit_encoder.parameters())
+    plain = bottleneck.attach(tiny_cnn(), "image", encoder=False)
+    plain(images())
+    assert plain.unit_encoder is None

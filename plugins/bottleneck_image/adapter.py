@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +149,11 @@ class ImageModality(Modality):
 
     name = "image"
     baselines = CNN_BASELINES
+    #: Joint training on images needs the model to learn the task before the budget bites
+    #: (keep target falls from 0.9 over the first half of training), and a stiffer keep-rate
+    #: controller: one image has few units, each gate's task gradient dwarfs its share of the
+    #: keep term, and with the default gain every gate saturates open, then all close at once.
+    layer_defaults: ClassVar[dict[str, Any]] = {"keep_warmup": 0.5, "constraint_damping": 10.0}
 
     def __init__(
         self,

@@ -34,15 +34,13 @@ MODELS = ("cnn", "vit")
 DATASETS = ("planted", "digits")
 #: Per (model, data): epochs, learning rate, training-set size for planted (full run).
 SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
-    ("cnn", "planted"): {"epochs": 16, "lr": 3e-3, "train_size": 2000},
+    ("cnn", "planted"): {"epochs": 20, "lr": 3e-3, "train_size": 2000},
     ("cnn", "digits"): {"epochs": 20, "lr": 3e-3, "train_size": None},
     ("vit", "planted"): {"epochs": 20, "lr": 1e-3, "train_size": 2000},
     ("vit", "digits"): {"epochs": 30, "lr": 1e-3, "train_size": None},
 }
-#: Joint training: the keep target falls from 0.9 to ``keep`` over the first half of
-#: training, so the model learns the task before the mask must choose (without it the
-#: mask hides the class pattern before the model knows what it is: 0.38 vs 0.99).
-KEEP_WARMUP = 0.5
+#: The tiny ViT (32x32 RGB -> 64 patch tokens); ``benchmarks/image_vit_sparse.py`` times this one.
+VIT_CONFIG: dict[str, int] = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256}
 
 
 def build_model(kind: str, data: ImageSet) -> nn.Module:
@@ -54,7 +52,7 @@ def build_model(kind: str, data: ImageSet) -> nn.Module:
         from .adapter import auto_patch_size
 
         return make_vit(data.num_classes, image_size=height, patch_size=auto_patch_size(height, width),
-                        num_channels=channels, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128)
+                        num_channels=channels, **VIT_CONFIG)
     raise BottleneckError(f"--model must be one of {list(MODELS)} (got {kind!r})")
 
 
@@ -104,7 +102,7 @@ def localisation_auroc(masked: bottleneck.MaskedModel, data: ImageSet, batch_siz
 
 def run(
     out_dir: Path, *, device: str = "cpu", quick: bool = False, model: str = "cnn", data: str = "planted",
-    epochs: int | None = None, keep: float = 0.3, train_size: int | None = None, gate: str = "hard_concrete",
+    epochs: int | None = None, keep: float = 0.25, train_size: int | None = None, gate: str = "hard_concrete",
     progress: bool = True, seed: int = 0,
 ) -> dict[str, Any]:
     """Run the demo and write ``out_dir/report.json``, renders and the mask; returns the report."""
@@ -129,8 +127,7 @@ def run(
     plain_seconds = time.perf_counter() - start
     accuracy_plain = bottleneck.evaluate(plain, test)["accuracy"]
 
-    masked = bottleneck.attach(copy.deepcopy(initial), "image", gate=gate, keep=keep,
-                               keep_warmup=KEEP_WARMUP).to(dev)
+    masked = bottleneck.attach(copy.deepcopy(initial), "image", gate=gate, keep=keep).to(dev)
     start = time.perf_counter()
     bottleneck.fit(masked, train, epochs=epochs, lr=lr, device=dev, progress=progress, description=gate)
     masked_seconds = time.perf_counter() - start
@@ -183,7 +180,7 @@ DEMO = Demo(
         "model": (str, "cnn", "reference model: cnn (small ResNet) or vit (tiny ViT, real token removal)"),
         "data": (str, "planted", "embedded data: planted (32x32 RGB, ground truth) or digits (scikit-learn)"),
         "epochs": (int, None, "training epochs per model (default depends on model and data)"),
-        "keep": (float, 0.3, "target fraction of patches kept"),
+        "keep": (float, 0.25, "target fraction of patches kept"),
         "train_size": (int, None, "training images for planted data (default 3000, or 500 with --quick)"),
         "gate": (str, "hard_concrete", "gate of the mask"),
     },

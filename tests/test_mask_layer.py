@@ -1,0 +1,28 @@
+"""MaskLayer schedules: the keep-target warm-up used for joint training."""
+
+from __future__ import annotations
+
+import pytest
+
+from bottleneck.errors import BottleneckError
+from bottleneck.layer import MaskLayer
+
+
+def test_keep_target_warms_up_from_init_open_to_keep() -> None:
+    layer = MaskLayer("hard_concrete", keep=0.3, keep_warmup=0.5, init_open=0.9)
+    targets = []
+    for progress in (0.0, 0.25, 0.5, 0.75, 1.0):
+        layer.anneal(progress)
+        targets.append(round(layer.constraint.target, 6))
+    assert targets == [0.9, 0.6, 0.3, 0.3, 0.3]
+
+
+def test_without_warm_up_the_target_is_keep_from_the_start() -> None:
+    layer = MaskLayer("hard_concrete", keep=0.3)
+    layer.anneal(0.0)
+    assert layer.constraint.target == 0.3
+
+
+def test_warm_up_must_be_a_fraction() -> None:
+    with pytest.raises(BottleneckError, match=r"keep_warmup must be a fraction in \[0, 1\)"):
+        MaskLayer("hard_concrete", keep=0.3, keep_warmup=1.5)
