@@ -43,6 +43,12 @@ except ImportError:  # not installed: use the source tree
 import bottleneck  # noqa: E402
 from bottleneck_image.demo import VIT_CONFIG  # noqa: E402
 from bottleneck_image.models import make_vit  # noqa: E402
+
+#: ViT sizes to time: the demo's, and make_vit's default (twice as wide).
+CONFIGS: dict[str, dict[str, int]] = {
+    "demo": VIT_CONFIG,
+    "base": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256},
+}
 from bottleneck_image.vit import find_patch_layout, forward_on_kept_patches  # noqa: E402
 
 
@@ -92,9 +98,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks/results/image_vit_sparse.json"
+        "--config", choices=sorted(CONFIGS), default="demo",
+        help="demo: the ViT the image demo trains (width 64); base: make_vit's default (width 128)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default benchmarks/results/image_vit_sparse_CONFIG.json"
     )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / f"benchmarks/results/image_vit_sparse_{args.config}.json"
     if not 0.0 < args.keep <= 1.0:
         parser.error(f"--keep must be in (0, 1], got {args.keep}")
     if args.repeats < 2:
@@ -106,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = make_vit(8, **VIT_CONFIG).to(device).eval()
+    config = CONFIGS[args.config]
+    model = make_vit(8, **config).to(device).eval()
     masked = bottleneck.attach(model, "image", keep=args.keep).to(device).eval()
     layout = find_patch_layout(model)
     num_patches = layout.num_patches
@@ -161,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "settings": {
-            "model": f"make_vit(8, **{VIT_CONFIG}), sdpa",
+            "model": f"make_vit(8, **{config}), sdpa",
+            "config": args.config,
             "attn_implementation": model.config._attn_implementation,
             "batch": args.batch,
             "keep": args.keep,

@@ -44,3 +44,31 @@ def test_demo_writes_the_shared_report(tmp_path: Path, capsys) -> None:
 def test_demo_unknown_name_is_an_argparse_error() -> None:
     with pytest.raises(SystemExit):
         main(["demo", "pointclouds", "--out", "x"])
+
+
+@pytest.mark.parametrize("where", ["input", "features"])
+def test_wrap_cnn_example_runs(tmp_path: Path, where: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "wrap_cnn.py"), "--fast", "--where", where, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pixel AUROC" in result.stdout
+    assert (tmp_path / "mask.safetensors").stat().st_size > 0
+    assert (tmp_path / "image_grid.png").exists() and len(list(tmp_path.glob("image_0*.png"))) == 6
+
+
+@pytest.mark.parametrize(("model", "data"), [("cnn", "planted"), ("vit", "digits")])
+def test_image_demo_writes_the_shared_report(tmp_path: Path, model: str, data: str) -> None:
+    code = main(["demo", "image", "--out", str(tmp_path), "--quick", "--model", model, "--data", data,
+                 "--epochs", "1", "--train-size", "128"])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(REPORT_KEYS) <= set(report)
+    assert report["modality"] == "image" and report["data"] == data
+    assert report["sparse_removes_units"] is (model == "vit")
+    if data == "digits":
+        assert report["gt_auroc"] is None
+    else:
+        assert 0.0 <= report["gt_auroc"] <= 1.0
+    assert (tmp_path / "relevance_grid.png").exists() and (tmp_path / "mask.safetensors").exists()
