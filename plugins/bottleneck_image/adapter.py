@@ -244,6 +244,7 @@ class ImageModality(Modality):
         values = rearrange(padded, "b c (r p) (s q) -> (b r s) (c p q)", p=patch, q=patch)
         if kind == "hidden":  # feature maps have arbitrary scale: standardise per sample
             scale = padded.reshape(num_samples, -1).pow(2).mean(-1).sqrt().clamp(min=1e-6)
+            padded = padded / scale.view(-1, 1, 1, 1)
             values = values / scale.repeat_interleave(rows * cols).unsqueeze(-1)
         r = torch.arange(rows, device=images.device, dtype=values.dtype)
         c = torch.arange(cols, device=images.device, dtype=values.dtype)
@@ -255,7 +256,7 @@ class ImageModality(Modality):
         return Units(
             x=torch.cat([values, 2 * position - 1], dim=-1), batch=batch, num_samples=num_samples, pos=pos,
             edge_index=edge_index,
-            meta={"kind": kind, "patch": patch, "grid": (rows, cols), "size": (height, width)},
+            meta={"kind": kind, "patch": patch, "grid": (rows, cols), "size": (height, width), "image": padded},
         )
 
     # -- gates -> inputs ------------------------------------------------------

@@ -3,12 +3,14 @@
 A per-unit MLP sees one patch at a time and no translation structure, so it
 cannot tell a class pattern from a distractor when the pattern straddles patch
 borders at an arbitrary offset (measured on the planted set: patch AUROC 0.89
-even when trained directly on the ground truth). The encoder puts each patch's
-pixels back on the patch grid as channels (space-to-depth, like a ViT's patch
-embedding) and runs two 3x3 convolutions there, so every unit sees its 5x5
-neighbourhood of patches, pixel-exact. Working at grid resolution keeps it
-cheap (about 1.5 M multiply-adds and a handful of small kernels per 32x32
-image), so the mask costs little next to the model it prunes.
+even when trained directly on the ground truth, against 0.99 with this encoder).
+The encoder runs three 3x3 convolutions — two at pixel level, pooled down to
+the patch grid, one on the grid — and gives each unit those features plus its
+raw ones (about 3 M multiply-adds per 32x32 image at width 32). A cheaper
+variant that works only at grid resolution (each patch's pixels as channels,
+two grid convolutions) cost 40% less time but lost accuracy and localisation
+in joint training on the planted set (0.958 and unit AUROC 0.864, against
+0.983 and 0.915 with pixel-level convolutions), so pixel-level it is.
 """
 
 from __future__ import annotations
@@ -21,30 +23,32 @@ from torch import Tensor, nn
 from bottleneck.errors import BottleneckError
 from bottleneck.units import Units
 
-#: Trailing columns of ``units.x`` that hold the grid position, not pixel values.
-POSITION_FEATURES = 2
-
 
 class GridEncoder(nn.Module):
-    """Image units (``units.x`` = patch pixels + position, ``units.meta["grid"]``) -> ``[N, F]`` features.
+    """Units of an image (``units.meta["image"]``, ``["patch"]``, ``["grid"]``) -> ``[N, F]`` features.
 
-    :param width: channels of both grid convolutions.
+    :param width: channels of the pixel-level convolutions; the grid convolution has ``2 * width``.
     """
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         self.width = width
-        self.first = nn.LazyConv2d(width, 3, padding=1)
-        self.second = nn.Conv2d(width, width, 3, padding=1)
+        self.pixels = nn.LazyConv2d(width // 2, 3, padding=1)
+        self.local = nn.Conv2d(width // 2, width, 3, padding=1)
+        self.grid = nn.Conv2d(width, 2 * width, 3, padding=1)
 
     def forward(self, units: Units) -> Tensor:
-        grid = units.meta.get("grid")
-        if grid is None:
-            raise BottleneckError("GridEncoder needs image units (units.meta['grid'] from the image modality)")
-        rows, cols = grid
-        pixels = units.x[:, :-POSITION_FEATURES]
-        h = rearrange(pixels, "(b r s) f -> b f r s", b=units.num_samples, r=rows, s=cols)
-        h = F.relu(self.second(F.relu(self.first(h))))
+        image = units.meta.get("image")
+        if not isinstance(image, Tensor):
+            raise BottleneckError("GridEncoder needs image units (units.meta['image'] from the image modality)")
+        rows, cols = units.meta["grid"]
+        h = F.relu(self.pixels(image))
+        if units.meta["patch"] >= 2:
+            h = F.max_pool2d(h, 2, ceil_mode=True)
+        h = F.relu(self.local(h))
+        if h.shape[-2:] != (rows, cols):
+            h = F.adaptive_max_pool2d(h, (rows, cols))
+        h = F.relu(self.grid(h))
         return torch.cat([rearrange(h, "b d r s -> (b r s) d"), units.x], dim=-1)
 
     def extra_repr(self) -> str:
