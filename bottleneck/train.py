@@ -9,7 +9,7 @@ current keep rate, and returns the per-epoch history.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,13 @@ def _to(value: Any, device: torch.device) -> Any:
     if isinstance(value, dict):
         return {k: _to(v, device) for k, v in value.items()}
     return value
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``; a plain model given a dict of tensors (a tokenizer's output) gets ``model(**inputs)``."""
+    if isinstance(inputs, Mapping) and not isinstance(model, MaskedModel):
+        return model(**inputs)
+    return model(inputs)
 
 
 @dataclass
@@ -102,7 +109,7 @@ def fit(
             inputs, targets = split_batch(_to(batch, device))
             if masked is not None:
                 masked.mask.anneal(min(step / max(total_steps - 1, 1), 1.0))
-            result = model(inputs)
+            result = call_model(model, inputs)
             logged: dict[str, Tensor] = {}
             if isinstance(result, MaskedOutput):
                 loss = result.ib_loss
@@ -188,7 +195,7 @@ def evaluate(
                 kept_fraction.append(open_counts / out.units.counts())
                 expected.append(out.keep_rate)
             else:
-                logits = _logits_of(model(inputs))
+                logits = _logits_of(call_model(model, inputs))
             if logits.shape[0] != targets.shape[0]:
                 raise BottleneckError(f"model returned {describe(logits)} for {targets.shape[0]} targets")
             correct += int((logits.argmax(-1) == targets).sum())

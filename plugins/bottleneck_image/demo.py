@@ -202,7 +202,7 @@ DEMO = Demo(
                  "default planted for cnn, digits for vit"),
         "epochs": (int, None, "training epochs per model (default depends on model and data)"),
         "keep": (float, 0.25, "target fraction of patches kept"),
-        "train_size": (int, None, "training images for planted data (default 3000, or 500 with --quick)"),
+        "train_size": (int, None, "training images for planted data (default 2000, or 500 with --quick)"),
         "gate": (str, None, "gate of the mask (default hard_concrete for cnn, topk for vit)"),
     },
 )

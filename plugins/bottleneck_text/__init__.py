@@ -1,0 +1,36 @@
+"""Built-in text plugin for bottleneck, loaded through the ``bottleneck`` entry point.
+
+Provides the ``text`` modality (``input_ids`` with ``attention_mask`` as tensors,
+dicts or a ``BatchEncoding``, or ``inputs_embeds``; tokens as units, padding
+excluded; the mask at the output of the model's input embedding; the sparse
+path re-packs each sequence shorter), the reference models ``BiLSTMClassifier``
+and a small BERT, embedded corpora with per-token ground truth, an offline
+tokenizer, HTML and terminal renderers, and ``bottleneck demo text``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from bottleneck.hookspecs import hookimpl
+
+from .adapter import TextModality
+
+if TYPE_CHECKING:
+    from bottleneck.demo import Demo
+    from bottleneck.modality import Modality
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def bottleneck_register_modalities(register: Callable[[Modality], None]) -> None:
+    register(TextModality())
+
+
+@hookimpl
+def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
+    from .demo import DEMO
+
+    register(DEMO)
