@@ -42,6 +42,8 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "plugins"))
 
+import bottleneck  # noqa: E402
+from bottleneck_text.demo import BERT_CONFIG  # noqa: E402
 from bottleneck_text.models import make_bert  # noqa: E402
 from bottleneck_text.shorten import forward_packed, pack_kept  # noqa: E402
 
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = make_bert(1000, 2).to(device).eval()
+    model = make_bert(1000, 2, **BERT_CONFIG).to(device).eval()
+    masked = bottleneck.attach(model, "text", keep=args.keep).to(device).eval()
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(1, vocab, (args.batch, args.length), generator=g).to(device)
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             "dense": lambda: model(ids, attention_mask=ones),
             "masked": lambda: model(ids, attention_mask=kept_mask),
             "packed": lambda: forward_packed(model, pack_kept(ids, ones, kept)),
+            "sparse": lambda: masked.sparse({"input_ids": ids, "attention_mask": ones}, keep=args.keep),
         }
         for _ in range(args.warmup):
             for fn in modes.values():
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     stats = {name: quartiles(t) for name, t in times.items()}
     ratio = stats["dense"]["median_ms"] / stats["packed"]["median_ms"]
     ratio_masked = stats["masked"]["median_ms"] / stats["packed"]["median_ms"]
-    tokens = {"dense": args.length, "masked": args.length, "packed": k}
+    ratio_sparse = stats["dense"]["median_ms"] / stats["sparse"]["median_ms"]
+    tokens = {"dense": args.length, "masked": args.length, "packed": k, "sparse": k}
 
     print(
         f"BERT {model.config.hidden_size}x{model.config.num_hidden_layers} layers, "
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, s in stats.items():
         print(f"{name:<12}{tokens[name]:>8}{s['median_ms']:>12.2f}{s['iqr_ms']:>10.2f}")
     print(f"speed-up dense / packed: {ratio:.2f}x (masked / packed: {ratio_masked:.2f}x)")
+    print(f"speed-up dense / whole sparse path (mask + packed model): {ratio_sparse:.2f}x")
     print(f"max |logits(packed) - logits(masked)|: {max_abs_diff:.2e}")
 
     import transformers
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "settings": {
-            "model": "make_bert(1000, 2), sdpa",
+            "model": f"make_bert(1000, 2, **{BERT_CONFIG}), sdpa",
             "hidden_size": model.config.hidden_size,
             "num_layers": model.config.num_hidden_layers,
             "attn_implementation": model.config._attn_implementation,
@@ -186,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         "raw_ms": {name: [1e3 * t for t in ts] for name, ts in times.items()},
         "speedup_dense_over_packed": ratio,
         "speedup_masked_over_packed": ratio_masked,
+        "speedup_dense_over_sparse": ratio_sparse,
         "max_abs_diff_packed_vs_masked": max_abs_diff,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -72,3 +72,25 @@ def test_image_demo_writes_the_shared_report(tmp_path: Path, model: str, data: s
     else:
         assert 0.0 <= report["gt_auroc"] <= 1.0
     assert (tmp_path / "relevance_grid.png").exists() and (tmp_path / "mask.safetensors").exists()
+
+
+def test_wrap_hf_text_classifier_example_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "wrap_hf_text_classifier.py"), "--fast", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "re-packed sequences" in result.stdout and "\x1b[48;2;" in result.stdout  # ANSI highlights
+    assert (tmp_path / "tokens.html").read_text().count("<span") > 10
+
+
+@pytest.mark.parametrize("model", ["bilstm", "bert"])
+def test_text_demo_writes_the_shared_report(tmp_path: Path, model: str) -> None:
+    code = main(["demo", "text", "--out", str(tmp_path), "--quick", "--model", model, "--epochs", "1",
+                 "--train-size", "128"])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(REPORT_KEYS) <= set(report)
+    assert report["modality"] == "text" and 0.0 <= report["gt_auroc"] <= 1.0
+    html = (tmp_path / "tokens.html").read_text()
+    assert "line-through" in html or "border-bottom" in html

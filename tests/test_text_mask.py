@@ -172,3 +172,19 @@ def test_text_options_are_checked() -> None:
     with pytest.raises(BottleneckError, match="text modality options are"):
         bottleneck.attach(BiLSTMClassifier(VOCAB, 2), "text", patch_size=4)
     assert isinstance(bottleneck.plugins.get_modality("text"), TextModality)
+
+
+def test_a_tokenizers_batch_encoding_goes_straight_in() -> None:
+    from bottleneck_text.data import build_tokenizer
+
+    texts = ["a good movie", "a really bad plot indeed"]
+    tokenizer = build_tokenizer(texts * 4)
+    encoding = tokenizer(texts, padding=True, return_tensors="pt")
+    bert = make_bert(len(tokenizer), 2, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                     max_position=16)
+    masked = bottleneck.attach(bert, "text", special_ids=tokenizer.all_special_ids,
+                               placeholder_id=tokenizer.mask_token_id, baseline="learned")
+    out = masked(encoding)
+    assert out.units.counts().tolist() == [3, 5]
+    weight = bert.get_input_embeddings().weight
+    assert torch.equal(masked.baseline_state.value.detach(), weight[tokenizer.mask_token_id].detach())
