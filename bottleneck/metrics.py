@@ -60,3 +60,26 @@ def mean_auroc(scores: Tensor, labels: Tensor, batch: Tensor | None = None, num_
     values = segment_auroc(scores, labels, batch, num_samples)
     values = values[~values.isnan()]
     return float(values.mean()) if values.numel() else float("nan")
+
+
+def precision_at_k(scores: Tensor, labels: Tensor, batch: Tensor | None = None, num_samples: int | None = None) -> Tensor:
+    """``[B]`` fraction of each sample's top ``k`` units that are positive, ``k`` = its number of positives.
+
+    A sample without positives gets NaN. Ties at the cut are broken by unit order.
+    """
+    from .segment import segment_rank
+
+    if scores.shape != labels.shape or scores.dim() != 1:
+        raise BottleneckError(
+            f"scores and labels must be [N] of the same shape (got {describe(scores)} and {describe(labels)})"
+        )
+    if batch is None:
+        batch = torch.zeros_like(scores, dtype=torch.long)
+    if num_samples is None:
+        num_samples = int(batch.max()) + 1 if batch.numel() else 0
+    labels = labels.bool()
+    positives = torch.bincount(batch[labels], minlength=num_samples)
+    top = segment_rank(scores, batch, num_samples) < positives[batch]
+    hits = torch.bincount(batch[top & labels], minlength=num_samples).double()
+    precision = hits / positives.double()
+    return torch.where(positives > 0, precision, torch.full_like(precision, float("nan")))
