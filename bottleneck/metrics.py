@@ -10,6 +10,21 @@ from .segment import sample_major_order
 from .units import counts_to_ptr
 
 
+def _check_scored(
+    scores: Tensor, labels: Tensor, batch: Tensor | None, num_samples: int | None
+) -> tuple[Tensor, int]:
+    """Check ``[N]`` scores against ``[N]`` labels; default to one sample; return ``(batch, B)``."""
+    if scores.shape != labels.shape or scores.dim() != 1:
+        raise BottleneckError(
+            f"scores and labels must be [N] of the same shape (got {describe(scores)} and {describe(labels)})"
+        )
+    if batch is None:
+        batch = torch.zeros_like(scores, dtype=torch.long)
+    if num_samples is None:
+        num_samples = int(batch.max()) + 1 if batch.numel() else 0
+    return batch, num_samples
+
+
 def segment_average_ranks(scores: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     """1-based ranks of ``scores`` within each sample, ascending, ties given their average rank."""
     order = sample_major_order(scores, batch)
@@ -35,14 +50,7 @@ def segment_auroc(scores: Tensor, labels: Tensor, batch: Tensor | None = None, n
     Mann-Whitney U with average ranks for ties. A sample with no positive or no
     negative unit gets NaN.
     """
-    if scores.shape != labels.shape or scores.dim() != 1:
-        raise BottleneckError(
-            f"scores and labels must be [N] of the same shape (got {describe(scores)} and {describe(labels)})"
-        )
-    if batch is None:
-        batch = torch.zeros_like(scores, dtype=torch.long)
-    if num_samples is None:
-        num_samples = int(batch.max()) + 1 if batch.numel() else 0
+    batch, num_samples = _check_scored(scores, labels, batch, num_samples)
     labels = labels.bool()
     ranks = segment_average_ranks(scores.double(), batch, num_samples)
     positives = torch.bincount(batch[labels], minlength=num_samples).double()
@@ -69,14 +77,7 @@ def precision_at_k(scores: Tensor, labels: Tensor, batch: Tensor | None = None, 
     """
     from .segment import segment_rank
 
-    if scores.shape != labels.shape or scores.dim() != 1:
-        raise BottleneckError(
-            f"scores and labels must be [N] of the same shape (got {describe(scores)} and {describe(labels)})"
-        )
-    if batch is None:
-        batch = torch.zeros_like(scores, dtype=torch.long)
-    if num_samples is None:
-        num_samples = int(batch.max()) + 1 if batch.numel() else 0
+    batch, num_samples = _check_scored(scores, labels, batch, num_samples)
     labels = labels.bool()
     positives = torch.bincount(batch[labels], minlength=num_samples)
     top = segment_rank(scores, batch, num_samples) < positives[batch]

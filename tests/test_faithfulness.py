@@ -10,7 +10,13 @@ from torch import nn
 
 import bottleneck
 from bottleneck.errors import BottleneckError
-from bottleneck.faithfulness import Perturber, area, comprehensiveness_sufficiency, deletion_insertion, top_fraction
+from bottleneck.faithfulness import (
+    Perturber,
+    area,
+    comprehensiveness_sufficiency,
+    deletion_insertion,
+    top_fraction,
+)
 from bottleneck.metrics import precision_at_k
 
 
