@@ -25,9 +25,7 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "plugins"))
 
 import bottleneck  # noqa: E402
+from bottleneck.timing import interleaved, quartiles  # noqa: E402
 from bottleneck_image.demo import VIT_CONFIG  # noqa: E402
 from bottleneck_image.models import make_vit  # noqa: E402
 
@@ -50,28 +49,6 @@ CONFIGS: dict[str, dict[str, int]] = {
     "base": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256},
 }
 from bottleneck_image.vit import find_patch_layout, forward_on_kept_patches  # noqa: E402
-
-
-def quartiles(times: list[float]) -> dict[str, float]:
-    """Median and interquartile range of ``times`` (seconds), in milliseconds."""
-    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return {
-        "median_ms": 1e3 * median,
-        "iqr_ms": 1e3 * (q3 - q1),
-        "q1_ms": 1e3 * q1,
-        "q3_ms": 1e3 * q3,
-    }
-
-
-def timer(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds for one call of ``fn``, synchronising CUDA around it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def random_topk(
@@ -138,13 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
             "kept": lambda: forward_on_kept_patches(model, x, kept),
             "sparse": lambda: masked.sparse(x, keep=args.keep),
         }
-        for _ in range(args.warmup):
-            for fn in modes.values():
-                fn()
-        times: dict[str, list[float]] = {name: [] for name in modes}
-        for _ in range(args.repeats):
-            for name, fn in modes.items():  # interleaved: dense, kept, dense, kept, ...
-                times[name].append(timer(fn, device))
+        times = interleaved(modes, args.repeats, args.warmup, device)
 
     stats = {name: quartiles(t) for name, t in times.items()}
     ratio = stats["dense"]["median_ms"] / stats["kept"]["median_ms"]

@@ -27,9 +27,7 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,31 +41,10 @@ except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "plugins"))
 
 import bottleneck  # noqa: E402
+from bottleneck.timing import interleaved, quartiles  # noqa: E402
 from bottleneck_text.demo import BERT_CONFIG  # noqa: E402
 from bottleneck_text.models import make_bert  # noqa: E402
 from bottleneck_text.shorten import forward_packed, pack_kept  # noqa: E402
-
-
-def quartiles(times: list[float]) -> dict[str, float]:
-    """Median and interquartile range of ``times`` (seconds), in milliseconds."""
-    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return {
-        "median_ms": 1e3 * median,
-        "iqr_ms": 1e3 * (q3 - q1),
-        "q1_ms": 1e3 * q1,
-        "q3_ms": 1e3 * q3,
-    }
-
-
-def timer(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds for one call of ``fn``, synchronising CUDA around it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def random_kept(batch: int, length: int, k: int, device: torch.device, seed: int) -> torch.Tensor:
@@ -135,13 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             "packed": lambda: forward_packed(model, pack_kept(ids, ones, kept)),
             "sparse": lambda: masked.sparse({"input_ids": ids, "attention_mask": ones}, keep=args.keep),
         }
-        for _ in range(args.warmup):
-            for fn in modes.values():
-                fn()
-        times: dict[str, list[float]] = {name: [] for name in modes}
-        for _ in range(args.repeats):
-            for name, fn in modes.items():  # interleaved: dense, masked, packed, dense, ...
-                times[name].append(timer(fn, device))
+        times = interleaved(modes, args.repeats, args.warmup, device)
 
     stats = {name: quartiles(t) for name, t in times.items()}
     ratio = stats["dense"]["median_ms"] / stats["packed"]["median_ms"]

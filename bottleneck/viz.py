@@ -9,11 +9,12 @@ because the renderers only write files; it needs no display.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .errors import BottleneckError
 
-__all__ = ["pyplot"]
+__all__ = ["pyplot", "save_figure"]
 
 
 def pyplot(purpose: str = "rendering") -> Any:
@@ -33,3 +34,14 @@ def pyplot(purpose: str = "rendering") -> Any:
             f"{purpose} needs matplotlib: pip install bottleneck-mask[viz]"
         ) from exc
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` (parents created), always closing it; returns the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(out, dpi=dpi, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
+    return out

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from bottleneck.errors import BottleneckError, describe
-from bottleneck.viz import pyplot
+from bottleneck.viz import pyplot, save_figure
 
 __all__ = ["render_grid", "render_overlay"]
 
@@ -113,16 +113,6 @@ def _kept(ax: Any, image: Tensor, kept: Tensor, plt: Any) -> float:
     return float(keep.float().mean())
 
 
-def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(out, dpi=_DPI, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return out
-
-
 def render_overlay(
     image: Tensor,
     relevance: Tensor,
@@ -147,7 +137,7 @@ def render_overlay(
     _overlay(fig, ax, image, relevance, gt)
     if title:
         ax.set_title(title, fontsize=9)
-    return _save(fig, plt, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def render_grid(
@@ -198,4 +188,4 @@ def render_grid(
         if i == 0:
             ax_in.set_title("input", fontsize=9)
             ax_rel.set_title("relevance" + ("" if gt is None else " (gt outlined)"), fontsize=9)
-    return _save(fig, plt, path)
+    return save_figure(fig, path, dpi=_DPI)

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from bottleneck.errors import BottleneckError, describe
-from bottleneck.viz import pyplot
+from bottleneck.viz import pyplot, save_figure
 
 __all__ = ["render_cloud", "render_grid"]
 
@@ -76,16 +76,6 @@ def _scatter_gt(ax: Any, p: Any, g: Any) -> None:
     ax.set_title("ground-truth part", fontsize=9)
 
 
-def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(out, dpi=_DPI, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return out
-
-
 def render_cloud(
     pos: Tensor,
     relevance: Tensor,
@@ -107,7 +97,7 @@ def render_cloud(
     _scatter(fig, fig.add_subplot(1, cols, 1, projection="3d"), p, r, title)
     if g is not None:
         _scatter_gt(fig.add_subplot(1, cols, 2, projection="3d"), p, g)
-    return _save(fig, plt, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def render_grid(
@@ -143,4 +133,4 @@ def render_grid(
         _scatter(fig, fig.add_subplot(rows, k, i + 1, projection="3d"), p, r, title)
         if g is not None:
             _scatter_gt(fig.add_subplot(rows, k, k + i + 1, projection="3d"), p, g)
-    return _save(fig, plt, path)
+    return save_figure(fig, path, dpi=_DPI)
