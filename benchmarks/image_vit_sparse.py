@@ -39,7 +39,7 @@ except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "plugins"))
 
 import bottleneck  # noqa: E402
-from bottleneck.timing import interleaved, quartiles  # noqa: E402
+from bottleneck.timing import add_timing_arguments, interleaved, quartiles, setup_device  # noqa: E402
 from bottleneck_image.demo import VIT_CONFIG  # noqa: E402
 from bottleneck_image.models import make_vit  # noqa: E402
 
@@ -65,15 +65,9 @@ def random_topk(
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_timing_arguments(parser)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--keep", type=float, default=0.25, help="fraction of patches kept per row")
-    parser.add_argument("--repeats", type=int, default=30, help="timed calls per mode")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per mode first")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--config", choices=sorted(CONFIGS), default="demo",
         help="demo: the ViT the image demo trains (width 64); base: make_vit's default (width 128)",
@@ -86,15 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.out = ROOT / f"benchmarks/results/image_vit_sparse_{args.config}.json"
     if not 0.0 < args.keep <= 1.0:
         parser.error(f"--keep must be in (0, 1], got {args.keep}")
-    if args.repeats < 2:
-        parser.error("--repeats must be >= 2 for quartiles")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
 
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
+    device = setup_device(parser, args)
     config = CONFIGS[args.config]
     model = make_vit(8, **config).to(device).eval()
     masked = bottleneck.attach(model, "image", keep=args.keep).to(device).eval()

@@ -41,7 +41,7 @@ except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "plugins"))
 
 import bottleneck  # noqa: E402
-from bottleneck.timing import interleaved, quartiles  # noqa: E402
+from bottleneck.timing import add_timing_arguments, interleaved, quartiles, setup_device  # noqa: E402
 from bottleneck_text.demo import BERT_CONFIG  # noqa: E402
 from bottleneck_text.models import make_bert  # noqa: E402
 from bottleneck_text.shorten import forward_packed, pack_kept  # noqa: E402
@@ -60,16 +60,10 @@ def random_kept(batch: int, length: int, k: int, device: torch.device, seed: int
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_timing_arguments(parser)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128, help="tokens per row (<= 256)")
     parser.add_argument("--keep", type=float, default=0.3, help="fraction of tokens kept per row")
-    parser.add_argument("--repeats", type=int, default=30, help="timed calls per mode")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per mode first")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out",
         type=Path,
@@ -81,15 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--keep must be in (0, 1], got {args.keep}")
     if not 2 <= args.length <= 256:
         parser.error(f"--length must be in [2, 256] (make_bert's max_position), got {args.length}")
-    if args.repeats < 2:
-        parser.error("--repeats must be >= 2 for quartiles")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
 
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
+    device = setup_device(parser, args)
     model = make_bert(1000, 2, **BERT_CONFIG).to(device).eval()
     masked = bottleneck.attach(model, "text", keep=args.keep).to(device).eval()
     vocab = model.config.vocab_size

@@ -6,6 +6,7 @@ shared machine hit every mode alike; CUDA is synchronised around each call.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["interleaved", "quartiles", "time_call"]
+__all__ = ["add_timing_arguments", "interleaved", "quartiles", "setup_device", "time_call"]
 
 
 def quartiles(times: list[float]) -> dict[str, float]:
@@ -45,3 +46,24 @@ def interleaved(
         for name, fn in modes.items():
             times[name].append(time_call(fn, device))
     return times
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark script shares: device, repeats, warm-up, threads, seed."""
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per mode")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per mode first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def setup_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    """Check the shared options (exiting through ``parser.error``), apply threads and seed; the device."""
+    if args.repeats < 2:
+        parser.error("--repeats must be >= 2 for quartiles")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return torch.device(args.device)
