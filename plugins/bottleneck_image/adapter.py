@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from bottleneck.baselines import LearnedChannelValue, RunningChannelMean
+from bottleneck.fill import LearnedChannelValue, RunningChannelMean
 from bottleneck.errors import BottleneckError, describe
 from bottleneck.modality import Modality
 from bottleneck.units import Units

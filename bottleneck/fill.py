@@ -1,4 +1,4 @@
-"""Baseline state a masked model owns: a running dataset mean and a learned value.
+"""Fill-value state a masked model owns: a running dataset mean and a learned value.
 
 A dropped unit is replaced by a baseline. Some baselines need state that must
 train with the mask, move with it to the device and be saved with it: the
