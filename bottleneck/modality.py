@@ -109,8 +109,13 @@ class Modality(abc.ABC):
         """Smaller model inputs holding only the units where ``keep`` (``[N]`` bool) is True."""
 
     # -- hidden-layer insertion (optional) -------------------------------------
-    def hidden_to_units(self, features: Any, *, with_graph: bool = True) -> Units:
-        """Units of a hidden layer's output (for ``attach(..., where=LAYER)``)."""
+    def hidden_to_units(self, features: Any, *, with_graph: bool = True, inputs: Units | None = None) -> Units:
+        """Units of a hidden layer's output (for ``attach(..., where=LAYER)``).
+
+        :param inputs: the units of the model's input in the same forward pass (which
+            tokens are padding, which sample each point belongs to), for adapters whose
+            hidden features do not carry that themselves.
+        """
         raise BottleneckError(f"modality {self.name!r} does not support hidden-layer insertion")
 
     def apply_hidden_gates(self, features: Any, units: Units, gates: Tensor, baseline: str, **state: Any) -> Any:

@@ -222,7 +222,7 @@ class MaskedModel(nn.Module):
         self, adapter: Modality, inputs: Any, *args: Any, **kwargs: Any
     ) -> tuple[Any, Units, MaskResult]:
         """Call the model with the mask applied to ``target_layer``'s output by a forward hook."""
-        adapter.to_units(inputs, with_graph=False)  # validate the input before the model sees it
+        input_units = adapter.to_units(inputs, with_graph=False)  # validates before the model runs
         captured: list[tuple[Units, MaskResult]] = []
 
         def gate_hidden(module: nn.Module, args_: Any, output: Any) -> Any:
@@ -231,7 +231,7 @@ class MaskedModel(nn.Module):
                     f"layer {self.where!r} ran more than once in one forward pass; insert the "
                     "mask at a layer that runs once"
                 )
-            units = adapter.hidden_to_units(output, with_graph=self._needs_graph())
+            units = adapter.hidden_to_units(output, with_graph=self._needs_graph(), inputs=input_units)
             result = self.mask(self.encode(units))
             captured.append((units, result))
             return adapter.apply_hidden_gates(output, units, result.gates, self.baseline, **self._state())

@@ -318,7 +318,7 @@ class ImageModality(Modality):
         return model(inputs, *args, **kwargs)
 
     # -- hidden-layer insertion -----------------------------------------------
-    def hidden_to_units(self, features: Any, *, with_graph: bool = True) -> Units:
+    def hidden_to_units(self, features: Any, *, with_graph: bool = True, inputs: Units | None = None) -> Units:
         if not isinstance(features, Tensor) or features.dim() != 4 or not features.is_floating_point():
             raise BottleneckError(
                 "hidden insertion on an image model needs a layer whose output is a [B, C, H, W] "
