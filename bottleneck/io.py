@@ -19,7 +19,7 @@ from .wrap import MaskedModel
 FORMAT = "bottleneck-mask/1"
 _MASK, _MODEL = "mask.", "model."
 #: Modules the masked model owns besides the mask layer, by file prefix.
-_OWNED = {"baseline.": "baseline_state", "encoder.": "unit_encoder"}
+_OWNED = {"baseline.": "baseline_state", "encoder.": "unit_encoder", "faithfulness.": "faithfulness"}
 
 
 def save_mask(masked: MaskedModel, path: str | Path, *, include_model: bool = False) -> Path:
@@ -80,7 +80,7 @@ def load(path: str | Path, model: nn.Module) -> MaskedModel:
     masked = MaskedModel(
         model, config["modality"], mode=config["mode"], gate=config["gate"], keep=config["keep"],
         where=config["where"], baseline=config["baseline"],
-        faithfulness_weight=config["faithfulness_weight"],
+        epsilon=config.get("epsilon", 0.05), sparsity_weight=config.get("sparsity_weight", 1.0),
         modality_options=config.get("modality_options", {}), **config["layer_options"],
     )
     return load_mask(masked, path)

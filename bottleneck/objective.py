@@ -4,6 +4,8 @@
 * :class:`KeepRateConstraint` — ``mean keep == target`` (or ``<= target``) held
   by a Lagrange multiplier updated by dual ascent, so users say ``keep=0.2``
   instead of tuning a coefficient (DiffMask / HardKuma style);
+* :class:`FaithfulnessConstraint` — explain mode's ``KL <= epsilon``, the same
+  damped multiplier on the faithfulness term;
 * :func:`smoothness_loss` — total variation of the open probability over the
   unit graph the plugin supplies;
 * :func:`faithfulness_loss` — KL(p(x) || p(masked x)) for explain mode.
@@ -48,36 +50,40 @@ def smoothness_loss(p_open: Tensor, edge_index: Tensor | None, batch: Tensor, nu
 CONSTRAINT_KINDS = ("equal", "at_most")
 
 
-class KeepRateConstraint(nn.Module):
-    """Holds the mean keep rate at ``target`` with a damped Lagrange multiplier.
+class Constraint(nn.Module):
+    """Holds a scalar quantity at (or below) ``target`` with a damped Lagrange multiplier.
 
     The multiplier is a buffer updated by dual ascent on every training forward
-    pass, ``lambda <- lambda + step * (keep - target)``, so it works with any
+    pass, ``lambda <- lambda + step * (value - target)``, so it works with any
     optimiser and any training loop, and it is saved with the mask. The loss
-    term is ``(lambda + damping * (keep - target)) * keep`` — the damping term
+    term is ``(lambda + damping * (value - target)) * value`` — the damping term
     (the "modified differential method of multipliers", Platt & Barr 1988)
-    reacts at once when the keep rate crosses the target, so the multiplier's
+    reacts at once when the value crosses the target, so the multiplier's
     memory does not overshoot and shut every gate for good.
 
-    :param kind: ``"equal"`` (default) holds ``keep == target``; ``"at_most"``
-        holds ``keep <= target`` (the multiplier is clipped at 0), which lets the
-        mask close everything when the task gives no reason to keep units.
+    :param kind: ``"equal"`` holds ``value == target``; ``"at_most"`` holds
+        ``value <= target`` (the multiplier is clipped at 0, so the term vanishes
+        while the constraint is slack).
+    :param what: the constrained quantity's name, for error messages and ``repr``.
     """
 
-    def __init__(self, target: float, step: float = 0.05, kind: str = "equal", damping: float = 1.0) -> None:
+    def __init__(
+        self, target: float, step: float = 0.05, kind: str = "equal", damping: float = 1.0, *, what: str = "value"
+    ) -> None:
         super().__init__()
-        if not 0.0 < target <= 1.0:
-            raise BottleneckError(f"keep must be a fraction in (0, 1] (got {target!r})")
+        if not isinstance(target, (int, float)) or isinstance(target, bool) or not target > 0.0:
+            raise BottleneckError(f"{what} target must be a number > 0 (got {target!r})")
         if step < 0 or damping < 0:
             raise BottleneckError(f"constraint step and damping must be >= 0 (got {step}, {damping})")
         if kind not in CONSTRAINT_KINDS:
             raise BottleneckError(f"constraint must be one of {list(CONSTRAINT_KINDS)} (got {kind!r})")
         self.target, self.step, self.kind, self.damping = float(target), float(step), kind, float(damping)
+        self.what = what
         self.register_buffer("multiplier", torch.zeros(()))
 
-    def forward(self, keep_rate: Tensor) -> Tensor:
-        """Loss term for the mean keep rate ``keep_rate`` (a scalar tensor)."""
-        violation = keep_rate.detach().float() - self.target
+    def forward(self, value: Tensor) -> Tensor:
+        """Loss term for the scalar ``value`` (updates the multiplier in training mode)."""
+        violation = value.detach().float() - self.target
         if self.training and self.step > 0:
             with torch.no_grad():
                 self.multiplier.add_(self.step * violation)
@@ -86,10 +92,32 @@ class KeepRateConstraint(nn.Module):
         effective = self.multiplier + self.damping * violation
         if self.kind == "at_most":
             effective = effective.clamp(min=0.0)
-        return effective.to(keep_rate.dtype) * keep_rate
+        return effective.to(value.dtype) * value
 
     def extra_repr(self) -> str:
         return f"target={self.target}, step={self.step}, kind={self.kind!r}, damping={self.damping}"
+
+
+class KeepRateConstraint(Constraint):
+    """The mean keep rate held at ``target`` (a fraction in (0, 1]); see :class:`Constraint`."""
+
+    def __init__(self, target: float, step: float = 0.05, kind: str = "equal", damping: float = 1.0) -> None:
+        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0.0 < target <= 1.0:
+            raise BottleneckError(f"keep must be a fraction in (0, 1] (got {target!r})")
+        super().__init__(target, step, kind, damping, what="keep")
+
+
+class FaithfulnessConstraint(Constraint):
+    """Explain mode's ``KL(p(x) || p(masked x)) <= epsilon``, held by a Lagrange multiplier.
+
+    DiffMask's formulation: minimise the expected number of open gates subject to
+    the masked prediction staying within ``epsilon`` nats of the model's own. The
+    multiplier grows while the KL exceeds ``epsilon`` and decays to 0 while it is
+    below, so the mask closes every unit it can and no more.
+    """
+
+    def __init__(self, epsilon: float = 0.05, step: float = 0.5, damping: float = 5.0) -> None:
+        super().__init__(epsilon, step, "at_most", damping, what="epsilon (KL budget in nats)")
 
 
 def faithfulness_loss(reference_logits: Tensor, masked_logits: Tensor) -> Tensor:

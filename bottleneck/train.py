@@ -139,7 +139,7 @@ def fit(
             count += 1
             for key, value in logged.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-            bar.set_postfix({k: f"{sums[k] / count:.3g}" for k in ("loss", "task", "keep_rate", "multiplier") if k in sums})
+            bar.set_postfix({k: f"{sums[k] / count:.3g}" for k in ("loss", "task", "keep_rate", "multiplier", "faithfulness", "kl_multiplier") if k in sums})
         means = {k: v / max(count, 1) for k, v in sums.items()}
         history.epochs.append(means)
         if progress:

@@ -22,7 +22,7 @@ from .errors import BottleneckError, describe
 from .explanation import Explanation
 from .layer import MaskLayer, MaskResult
 from .modality import Modality
-from .objective import faithfulness_loss
+from .objective import FaithfulnessConstraint, faithfulness_loss
 from .plugins import detect_modality, get_modality
 from .segment import segment_topk_mask
 from .units import Units
@@ -92,9 +92,10 @@ class MaskedModel(nn.Module):
     """A model with an information-bottleneck mask over its input units.
 
     Build it with :func:`attach`. In ``joint`` mode mask and model train
-    together; in ``explain`` mode the model is frozen and the mask learns to keep
-    the model's own prediction (KL to the unmasked output) with as few units as
-    the keep target allows.
+    together and the mask holds the keep target. In ``explain`` mode the model is
+    frozen and the mask minimises the expected number of open gates subject to
+    ``KL(p(x) || p(masked x)) <= epsilon`` (a Lagrange multiplier holds it);
+    ``keep`` is then an upper bound on the keep rate (default: none).
     """
 
     def __init__(
@@ -104,10 +105,11 @@ class MaskedModel(nn.Module):
         *,
         mode: str = "joint",
         gate: str = "hard_concrete",
-        keep: float = 0.3,
+        keep: float | None = None,
         where: str = "input",
         baseline: str | None = None,
-        faithfulness_weight: float = 1.0,
+        epsilon: float = 0.05,
+        sparsity_weight: float = 1.0,
         modality_options: dict[str, Any] | None = None,
         **layer_options: Any,
     ) -> None:
@@ -125,10 +127,18 @@ class MaskedModel(nn.Module):
         self.baseline_state: nn.Module | None = None
         self.unit_encoder: nn.Module | None = None
         self._adapter: Modality | None = None
-        self.faithfulness_weight = float(faithfulness_weight)
+        self.epsilon, self.sparsity_weight = float(epsilon), float(sparsity_weight)
+        self.faithfulness: FaithfulnessConstraint | None = None
         if modality is not None:
             layer_options = {**get_modality(modality).layer_defaults, **layer_options}
-        self.mask = MaskLayer(gate, keep, **layer_options)
+        if mode == "explain":
+            self.faithfulness = FaithfulnessConstraint(epsilon)
+            if sparsity_weight < 0:
+                raise BottleneckError(f"sparsity_weight must be >= 0 (got {sparsity_weight!r})")
+            if keep is None:  # the KL budget decides how many units stay open
+                keep = 1.0
+            layer_options.setdefault("constraint", "at_most")
+        self.mask = MaskLayer(gate, 0.3 if keep is None else keep, **layer_options)
         self.gate_name = gate
         self.layer_options = dict(layer_options)
         if modality is not None:
@@ -210,12 +220,13 @@ class MaskedModel(nn.Module):
             masked = adapter.apply_gates(inputs, units, result.gates, self.baseline, **self._state())
             output = adapter.call_model(self.model, masked, *args, **kwargs)
         loss, terms = result.loss, dict(result.terms)
-        if self.mode == "explain" and self.training:
+        if self.faithfulness is not None and self.training:
             with torch.no_grad():
                 reference = adapter.call_model(self.model, inputs, *args, **kwargs)
-            faith = faithfulness_loss(_logits_of(reference), _logits_of(output))
-            loss = loss + self.faithfulness_weight * faith
-            terms["faithfulness"] = faith.detach()
+            kl = faithfulness_loss(_logits_of(reference), _logits_of(output))
+            loss = loss + self.sparsity_weight * result.keep_rate.mean() + self.faithfulness(kl)
+            terms["faithfulness"] = kl.detach()
+            terms["kl_multiplier"] = self.faithfulness.multiplier.detach().clone()
         return MaskedOutput(output, loss, result.gates, result.p_open, result.keep_rate, terms, units)
 
     def _run_with_hidden_mask(
@@ -317,7 +328,8 @@ class MaskedModel(nn.Module):
             "keep": self.keep,
             "where": self.where,
             "baseline": self.baseline,
-            "faithfulness_weight": self.faithfulness_weight,
+            "epsilon": self.epsilon,
+            "sparsity_weight": self.sparsity_weight,
             "modality_options": self.modality_options,
             "layer_options": self.layer_options,
         }
@@ -367,7 +379,7 @@ def attach(
     *,
     mode: str = "joint",
     gate: str = "hard_concrete",
-    keep: float = 0.3,
+    keep: float | None = None,
     where: str = "input",
     **options: Any,
 ) -> MaskedModel:
@@ -376,19 +388,25 @@ def attach(
     :param model: any ``nn.Module``; it is called as ``model(inputs, *args, **kwargs)``
         with ``inputs`` masked.
     :param modality: a registered modality name; ``None`` detects it from the first inputs.
-    :param mode: ``"joint"`` (train mask and model) or ``"explain"`` (freeze the model).
+    :param mode: ``"joint"`` (train mask and model) or ``"explain"`` (freeze the model;
+        the mask keeps as few units as ``KL(p(x) || p(masked x)) <= epsilon`` allows).
     :param gate: ``hard_concrete`` (default), ``concrete``, ``gaussian`` (PointMask) or ``topk``.
-    :param keep: target fraction of units kept per sample, in (0, 1].
+    :param keep: fraction of units kept per sample, in (0, 1]: the target in joint mode
+        (default 0.3), an upper bound in explain mode (default: none; the ``topk`` gate
+        keeps exactly this fraction in both).
     :param where: ``"input"``, or the name of a layer (``"layer2"``, ``"encoder.3"``)
         whose output is masked instead (IBA-style hidden insertion).
-    :param options: ``baseline=``, ``faithfulness_weight=``,
+    :param options: ``baseline=``, ``epsilon=`` (explain mode's KL budget in nats,
+        default 0.05), ``sparsity_weight=`` (weight of the expected open fraction in
+        explain mode),
         :class:`~bottleneck.layer.MaskLayer` options (``smooth_weight``, ``hidden``, ...)
         and the modality's own options (images: ``patch_size``, ``pad``, ``blur_sigma``).
     """
     baseline = options.pop("baseline", None)
-    faithfulness_weight = options.pop("faithfulness_weight", 1.0)
+    epsilon = options.pop("epsilon", 0.05)
+    sparsity_weight = options.pop("sparsity_weight", 1.0)
     layer_options, modality_options = split_options(options)
     return MaskedModel(
         model, modality, mode=mode, gate=gate, keep=keep, where=where, baseline=baseline,
-        faithfulness_weight=faithfulness_weight, modality_options=modality_options, **layer_options,
+        epsilon=epsilon, sparsity_weight=sparsity_weight, modality_options=modality_options, **layer_options,
     )

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from bottleneck.fill import LearnedChannelValue, RunningChannelMean
 from bottleneck.errors import BottleneckError, describe
+from bottleneck.fill import LearnedChannelValue, RunningChannelMean
 from bottleneck.modality import Modality
 from bottleneck.units import Units
 
@@ -242,6 +242,7 @@ class ImageModality(Modality):
         padded = F.pad(images.detach(), (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else images.detach()
         rows, cols = padded.shape[-2] // patch, padded.shape[-1] // patch
         values = rearrange(padded, "b c (r p) (s q) -> (b r s) (c p q)", p=patch, q=patch)
+        raw = values  # a hidden layer's own features, before the scaling below (bottleneck.fbi reads them)
         if kind == "hidden":  # feature maps have arbitrary scale: standardise per sample
             scale = padded.reshape(num_samples, -1).pow(2).mean(-1).sqrt().clamp(min=1e-6)
             padded = padded / scale.view(-1, 1, 1, 1)
@@ -256,7 +257,8 @@ class ImageModality(Modality):
         return Units(
             x=torch.cat([values, 2 * position - 1], dim=-1), batch=batch, num_samples=num_samples, pos=pos,
             edge_index=edge_index,
-            meta={"kind": kind, "patch": patch, "grid": (rows, cols), "size": (height, width), "image": padded},
+            meta={"kind": kind, "patch": patch, "grid": (rows, cols), "size": (height, width), "image": padded,
+                  **({"features": raw} if kind == "hidden" else {})},
         )
 
     # -- gates -> inputs ------------------------------------------------------

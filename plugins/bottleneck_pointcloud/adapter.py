@@ -10,6 +10,27 @@ Units are points; the unit graph is the kNN graph on coordinates. Baselines:
   never exactly 0 (``concrete``) remove nothing: use ``centroid`` with them.
 * ``centroid`` — every point is blended towards its sample's centroid.
 * ``zero`` — coordinates are scaled by the gate (PointMask's released code).
+
+Hidden insertion (``attach(model, "pointcloud", where="point_mlp")``) masks a
+layer whose output holds one feature vector per input point: ``[N, F]`` in the
+order of the input points (PyG models; a dense model's flattened ``[B * n, F]``)
+or ``[B, n, F]`` for dense ``[B, n, 3]`` inputs. PointNet's ``point_mlp`` and
+DGCNN's ``convs.0`` to ``convs.2`` and ``point_mlp`` qualify; a layer after the
+global pool (``[B, F]``) does not. Units are the input points (same batch, same
+kNN graph); their scorer features are the layer's features, scaled to unit RMS
+per sample, plus the normalised coordinates. Nothing can be removed in the
+middle of a network, so at a hidden layer the baselines are:
+
+* ``zero`` (also what ``remove``, the default, means there) — features are
+  scaled by the gate. Where the features are non-negative (after a ReLU) and
+  go straight into a global max pool (PointNet's and DGCNN's ``point_mlp``),
+  the pool then sees exactly the open points, as if the closed ones had been
+  removed from that layer on (as long as a sample keeps one point open).
+* ``centroid`` — features are blended towards their sample's mean feature
+  vector (the centroid in feature space, as the input ``centroid`` baseline
+  blends coordinates towards the centroid of the cloud).
+
+Relevance at the hidden layer is relevance of the input points (identity map).
 """
 
 from __future__ import annotations
@@ -31,6 +52,8 @@ from bottleneck.units import Units, batch_from_counts, counts_to_ptr
 
 #: Neighbours per point in the unit graph used for smoothness.
 GRAPH_K = 8
+#: Baselines understood at a hidden layer (``remove`` means ``zero`` there).
+HIDDEN_BASELINES = ("remove", "zero", "centroid")
 
 
 def _check_coordinates(pos: Any, what: str) -> Tensor:
@@ -178,6 +201,46 @@ class PointCloudModality(Modality):
                 out.ptr = counts_to_ptr(torch.bincount(new_batch, minlength=units.num_samples))
         return out
 
+    # -- hidden-layer insertion -----------------------------------------------
+    def hidden_to_units(self, features: Any, *, with_graph: bool = True, inputs: Units | None = None) -> Units:
+        if inputs is None:
+            raise BottleneckError("hidden insertion on point clouds needs the input units (inputs=)")
+        flat = _per_point(features, inputs)
+        values = flat.detach()
+        # hidden features have arbitrary scale: the scorer sees them at unit RMS per sample
+        scale = segment_mean(values.pow(2).mean(-1), inputs.batch, inputs.num_samples).sqrt().clamp(min=1e-6)
+        edge_index = inputs.edge_index
+        if with_graph and edge_index is None:
+            edge_index = knn_graph(inputs.pos.detach(), GRAPH_K, inputs.batch)
+        return Units(
+            x=torch.cat([values / scale[inputs.batch, None], inputs.x[:, :3].to(values.dtype)], dim=-1),
+            batch=inputs.batch, num_samples=inputs.num_samples, pos=inputs.pos,
+            edge_index=edge_index if with_graph else None,
+            meta={"kind": "hidden", "features": values},
+        )
+
+    def apply_hidden_gates(self, features: Any, units: Units, gates: Tensor, baseline: str, **state: Any) -> Any:
+        if baseline not in HIDDEN_BASELINES:
+            raise BottleneckError(
+                f"baseline at a hidden point-cloud layer must be one of {list(HIDDEN_BASELINES)} "
+                f"(got {baseline!r})"
+            )
+        flat = features.reshape(units.num_units, -1)
+        gate = gates.to(flat.dtype).unsqueeze(-1)
+        if baseline == "centroid":
+            mean = segment_mean(flat, units.batch, units.num_samples)[units.batch]
+            gated = gate * flat + (1.0 - gate) * mean
+        else:
+            gated = gate * flat
+        return gated.view(features.shape)
+
+    def relevance_to_input(self, values: Tensor, hidden: Units, inputs: Units) -> Tensor:
+        if values.shape[0] != inputs.num_units:
+            raise BottleneckError(
+                f"expected one value per input point ({inputs.num_units}), got {describe(values)}"
+            )
+        return values
+
     # -- pictures -------------------------------------------------------------
     def render(self, inputs: Any, units: Units, relevance: Tensor, out_dir: Path, **options: Any) -> list[Path]:
         """One PNG per cloud (up to ``max_samples``, default 8), coloured by relevance.
@@ -200,6 +263,24 @@ class PointCloudModality(Modality):
                 break
             paths.append(render_cloud(cloud, rel, out_dir / f"{prefix}_{i:03d}.png", title=f"sample {i}", gt=truth))
         return paths
+
+
+def _per_point(features: Any, inputs: Units) -> Tensor:
+    """A hidden layer's output as ``[N, F]``, one row per input point, or a clear error."""
+    n, b = inputs.num_units, inputs.num_samples
+    if isinstance(features, Tensor) and features.is_floating_point():
+        if features.dim() == 2 and features.shape[0] == n:
+            return features
+        if features.dim() == 3 and features.shape[0] * features.shape[1] == n and features.shape[0] == b:
+            return features.reshape(n, -1)
+    hint = ""
+    if isinstance(features, Tensor) and features.dim() >= 1 and features.shape[0] == b and features.dim() == 2:
+        hint = " (one vector per cloud: the layer comes after the global pooling)"
+    raise BottleneckError(
+        "hidden insertion on a point-cloud model needs a layer whose output holds one feature vector "
+        f"per input point: [N, F] with N={n} points, or [B, n, F] for dense inputs "
+        f"(got {describe(features)}){hint}; name a per-point layer before the global pooling"
+    )
 
 
 def _first_of_each(keep: Tensor, units: Units) -> Tensor:

@@ -24,10 +24,25 @@ The sparse path removes dropped tokens and re-packs each sequence shorter,
 left-aligned, with its attention mask and the kept tokens' original
 ``position_ids`` (when the model takes them), so the encoder runs on shorter
 sequences.
+
+Hidden insertion (``attach(model, "text", where="bert.encoder.layer.0")``)
+masks a layer whose output holds one vector per input token: ``[B, L, H]``, or
+a tuple / ``ModelOutput`` whose first element is that (as Hugging Face layers
+return; the gated output keeps the structure). The units are the same tokens
+as at the input (padding excluded, special tokens only with
+``mask_special=True``); their scorer features are the hidden vectors, scaled to
+unit RMS per sequence, plus the relative position. Per-token layers: a BERT's
+``bert.embeddings``, ``bert.encoder.layer.<i>`` (and their sub-layers),
+``bert.encoder``; the :class:`~bottleneck_text.models.BiLSTMClassifier`'s
+``token_features``. Nothing can be removed in the middle of a network, so at a
+hidden layer the baselines are ``zero`` (also what ``remove`` means there) and
+``learned`` (a learned vector; it needs the hidden width to equal the
+embedding width, as in BERT). Relevance maps to the input tokens unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +59,8 @@ from bottleneck.units import Units
 from .shorten import Packed, forward_packed, pack_kept
 
 OPTIONS = ("embedding", "special_ids", "mask_special", "placeholder_id")
+#: Baselines understood at a hidden layer (``remove`` means ``zero`` there).
+HIDDEN_BASELINES = ("remove", "zero", "learned")
 
 
 @dataclass
@@ -81,6 +98,41 @@ class LearnedPlaceholder(nn.Module):
 
     def forward(self) -> Tensor:
         return self.value
+
+
+def _token_states(features: Any, shape: tuple[int, int]) -> Tensor:
+    """The ``[B, L, H]`` per-token tensor of a layer's output (a tensor, tuple or ``ModelOutput``)."""
+    first = features
+    if isinstance(features, Mapping):
+        first = next(iter(features.values()), None)
+    elif isinstance(features, (tuple, list)):
+        first = features[0] if features else None
+    if isinstance(first, Tensor) and first.is_floating_point() and first.dim() == 3 and tuple(first.shape[:2]) == shape:
+        return first
+    raise BottleneckError(
+        "hidden insertion on a text model needs a layer whose output holds one vector per input token: "
+        f"[B, L, H] with B, L = {shape}, or a tuple / ModelOutput starting with it (got {describe(features)}); "
+        "name a per-token layer before the pooling (e.g. bert.encoder.layer.0)"
+    )
+
+
+def _replace_token_states(features: Any, gated: Tensor) -> Any:
+    """``features`` with its per-token tensor replaced by ``gated`` (same structure)."""
+    if isinstance(features, Tensor):
+        return gated
+    if isinstance(features, Mapping):
+        out = copy.copy(features)
+        out[next(iter(features))] = gated
+        return out
+    return type(features)([gated, *features[1:]]) if isinstance(features, list) else (gated, *features[1:])
+
+
+def _chain_edges(rows: Tensor) -> Tensor:
+    """``[2, E]`` edges joining adjacent units of the same sequence (both directions)."""
+    same = rows[1:] == rows[:-1]
+    index = torch.arange(rows.numel(), device=rows.device)
+    forward = torch.stack([index[:-1][same], index[1:][same]])
+    return torch.cat([forward, forward.flip(0)], dim=1)
 
 
 def _accepts(model: nn.Module, name: str) -> bool:
@@ -266,12 +318,7 @@ class TextModality(Modality):
         lengths = batch.attention_mask.sum(1).clamp(min=1).to(embeddings.dtype)
         relative = (cols.to(embeddings.dtype) / lengths[rows]).unsqueeze(-1)
         features = torch.cat([embeddings[rows, cols], relative], dim=-1)
-        edge_index = None
-        if with_graph:
-            same = rows[1:] == rows[:-1]
-            index = torch.arange(rows.numel(), device=rows.device)
-            forward = torch.stack([index[:-1][same], index[1:][same]])
-            edge_index = torch.cat([forward, forward.flip(0)], dim=1)
+        edge_index = _chain_edges(rows) if with_graph else None
         return Units(
             x=features, batch=rows, num_samples=batch.shape[0], pos=cols.unsqueeze(-1).float(),
             edge_index=edge_index, meta={"text": batch, "rows": rows, "cols": cols, "units_mask": units_mask},
@@ -346,6 +393,53 @@ class TextModality(Modality):
             return model(*args, **call, **kwargs)
         finally:
             handle.remove()
+
+    # -- hidden-layer insertion -----------------------------------------------
+    def hidden_to_units(self, features: Any, *, with_graph: bool = True, inputs: Units | None = None) -> Units:
+        if inputs is None or "text" not in inputs.meta:
+            raise BottleneckError("hidden insertion on text needs the input units (inputs=)")
+        hidden = _token_states(features, inputs.meta["text"].shape)
+        rows, cols = inputs.meta["rows"], inputs.meta["cols"]
+        values = hidden.detach()[rows, cols]
+        # hidden states have arbitrary scale: the scorer sees them at unit RMS per sequence
+        square = torch.zeros(inputs.num_samples, dtype=values.dtype, device=values.device)
+        square = square.index_add(0, rows, values.pow(2).mean(-1))
+        scale = (square / inputs.counts().to(values.dtype)).sqrt().clamp(min=1e-6)
+        relative = inputs.x[:, -1:].to(values.dtype)
+        edge_index = None
+        if with_graph:
+            edge_index = inputs.edge_index if inputs.edge_index is not None else _chain_edges(rows)
+        return inputs.with_(
+            x=torch.cat([values / scale[rows, None], relative], dim=-1), edge_index=edge_index,
+            meta={**inputs.meta, "kind": "hidden", "features": values},
+        )
+
+    def apply_hidden_gates(self, features: Any, units: Units, gates: Tensor, baseline: str, **state: Any) -> Any:
+        if baseline not in HIDDEN_BASELINES:
+            raise BottleneckError(
+                f"baseline at a hidden text layer must be one of {list(HIDDEN_BASELINES)} (got {baseline!r})"
+            )
+        hidden = _token_states(features, units.meta["text"].shape)
+        gate = self.full_gates(units, gates.to(hidden.dtype)).unsqueeze(-1)
+        if baseline == "learned":
+            module = state.get("state")
+            if module is None:
+                raise BottleneckError("the learned baseline needs its state module (make_baseline)")
+            value = module().to(hidden.dtype)
+            if value.shape[-1] != hidden.shape[-1]:
+                raise BottleneckError(
+                    f"the learned baseline has the embedding width {value.shape[-1]} but this layer's "
+                    f"tokens have width {hidden.shape[-1]}; use baseline='zero' at this layer"
+                )
+            gated = gate * hidden + (1.0 - gate) * value
+        else:
+            gated = gate * hidden
+        return _replace_token_states(features, gated)
+
+    def relevance_to_input(self, values: Tensor, hidden: Units, inputs: Units) -> Tensor:
+        if values.shape[0] != inputs.num_units:
+            raise BottleneckError(f"expected one value per input token unit ({inputs.num_units}), got {describe(values)}")
+        return values
 
     # -- pictures -------------------------------------------------------------
     def token_rows(

@@ -39,6 +39,11 @@ class BiLSTMClassifier(nn.Module):
     bidirectional layer of width ``hidden`` per direction, run on a packed
     sequence so padding never enters the recurrence) -> mean and max of the
     outputs over the real tokens, concatenated (``4 * hidden``) -> ``head``.
+    Between the LSTM and the pooling, ``token_features`` (an ``nn.Identity``)
+    sees the LSTM outputs ``[B, L, 2 * hidden]`` at their tokens' input
+    positions (zero on padding): the per-token layer to name for hidden
+    insertion (``attach(model, "text", where="token_features")``) or for
+    :func:`bottleneck.fbi.feature_norm`.
 
     The real tokens of a row are the positions where ``attention_mask`` is
     nonzero; they need not be contiguous. Before packing, each row's real tokens
@@ -83,6 +88,7 @@ class BiLSTMClassifier(nn.Module):
         self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
+        self.token_features = nn.Identity()
         self.head = nn.Linear(4 * hidden, num_classes)
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -156,6 +162,14 @@ class BiLSTMClassifier(nn.Module):
         packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True)  # [B, max length, 2 * hidden]
+        # Each output back at its token's input position ([B, L, 2 * hidden], zero on padding),
+        # through ``token_features``, a named layer a mask can be attached to, then back to
+        # real-tokens-first for pooling (gathers are exact: the logits are unchanged).
+        width = out.shape[-1]
+        inverse = order.argsort(dim=1)
+        padded = nn.functional.pad(out, (0, 0, 0, length - out.shape[1]))
+        tokens = self.token_features(padded.gather(1, inverse.unsqueeze(-1).expand(-1, -1, width)))
+        out = tokens.gather(1, order[:, : out.shape[1]].unsqueeze(-1).expand(-1, -1, width))
         valid = torch.arange(out.shape[1], device=out.device) < lengths.unsqueeze(1)
         valid = valid.unsqueeze(-1)
         mean = (out * valid).sum(dim=1) / lengths.unsqueeze(1).to(out.dtype)
