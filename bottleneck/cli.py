@@ -1,4 +1,4 @@
-"""The ``bottleneck`` command line: ``plugins`` and ``demo NAME``."""
+"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain`` and ``explain``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import BottleneckError
 from .plugins import demos, plugin_info
@@ -37,6 +38,42 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _testbed_provider(modality: str) -> Any:
+    items = demos()
+    if modality not in items or items[modality].testbed is None:
+        known = sorted(name for name, item in items.items() if item.testbed is not None)
+        raise BottleneckError(f"no benchmark testbed for modality {modality!r}; installed: {known}")
+    return items[modality].testbed
+
+
+def _bench_explain(args: argparse.Namespace) -> int:
+    from .evidence import markdown_table, run_benchmark
+
+    testbed = _testbed_provider(args.modality)(quick=args.quick, seed=args.seed)
+    out = Path(args.out) if args.out else None
+    report = run_benchmark(testbed, device=args.device, progress=not args.no_progress, seed=args.seed, out_dir=out)
+    command = "bottleneck " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    report["command"] = command
+    text = markdown_table(report, command)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+    print(text)
+    print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain_saved import explain_saved
+
+    report = explain_saved(Path(args.mask), Path(args.out), device=args.device, batches=args.batches)
+    print(json.dumps({k: v for k, v in report.items() if k != "renders"}, indent=2))
+    print(f"wrote {len(report['renders'])} renders and {Path(args.out) / 'report.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bottleneck", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
         for name, (kind, default, help_text) in item.options.items():
             sub.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=default, help=help_text)
         sub.set_defaults(func=_demo)
+
+    bench = commands.add_parser("bench", help="benchmarks that print and write JSON figures")
+    kinds = bench.add_subparsers(dest="kind", required=True)
+    explain_bench = kinds.add_parser(
+        "explain", help="every explanation method on the same model and inputs (faithfulness, GT AUROC, speed)")
+    explain_bench.add_argument("--modality", required=True, help="pointcloud, image or text")
+    explain_bench.add_argument("--json", required=True, help="write the figures here")
+    explain_bench.add_argument("--markdown", help="also write the results table here")
+    explain_bench.add_argument("--quick", action="store_true", help="small setting, under 3 minutes on a CPU")
+    explain_bench.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    explain_bench.add_argument("--seed", type=int, default=0)
+    explain_bench.add_argument("--out", help="save the explain-mode mask and renders in this directory")
+    explain_bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    explain_bench.set_defaults(func=_bench_explain, command_line=None)
+
+    explain = commands.add_parser(
+        "explain", help="explain a testbed's test data with a saved model and mask; write renders")
+    explain.add_argument("mask", help="a mask file saved by `bottleneck bench explain --out DIR`")
+    explain.add_argument("--out", required=True, help="output directory")
+    explain.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    explain.add_argument("--batches", type=int, default=1, help="test batches to render (all are scored)")
+    explain.set_defaults(func=_explain)
     return parser
 
 

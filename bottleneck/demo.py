@@ -38,12 +38,15 @@ class Demo:
     :param run: ``run(out_dir, device=..., quick=..., **options) -> report dict``.
     :param help: one line for ``bottleneck demo --help``.
     :param options: extra command-line options, ``{name: (type, default, help)}``.
+    :param testbed: builds the modality's :class:`~bottleneck.testbed.Testbed` for benchmarks.
     """
 
     name: str
     run: Callable[..., dict[str, Any]]
     help: str = ""
     options: dict[str, tuple[type, Any, str]] = field(default_factory=dict)
+    #: ``prepare(quick=..., seed=...) -> Testbed`` for ``bottleneck bench explain`` (optional).
+    testbed: Callable[..., Any] | None = None
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:

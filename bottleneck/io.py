@@ -22,8 +22,14 @@ _MASK, _MODEL = "mask.", "model."
 _OWNED = {"baseline.": "baseline_state", "encoder.": "unit_encoder", "faithfulness.": "faithfulness"}
 
 
-def save_mask(masked: MaskedModel, path: str | Path, *, include_model: bool = False) -> Path:
-    """Write the mask's weights (and optionally the wrapped model's) to ``path``."""
+def save_mask(
+    masked: MaskedModel, path: str | Path, *, include_model: bool = False, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the mask's weights (and optionally the wrapped model's) to ``path``.
+
+    :param extra: JSON-serialisable facts stored beside the configuration (for example
+        which testbed built the model, so ``bottleneck explain`` can rebuild it).
+    """
     if masked.modality_name is None:
         raise BottleneckError("call the masked model on inputs once before saving (its modality is unknown)")
     tensors = {_MASK + k: v.detach().contiguous().cpu() for k, v in masked.mask.state_dict().items()}
@@ -33,7 +39,10 @@ def save_mask(masked: MaskedModel, path: str | Path, *, include_model: bool = Fa
             tensors.update({prefix + k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()})
     if include_model:
         tensors.update({_MODEL + k: v.detach().contiguous().cpu() for k, v in masked.model.state_dict().items()})
-    metadata = {"format": FORMAT, "config": json.dumps(masked.config())}
+    config = masked.config()
+    if extra:
+        config["extra"] = extra
+    metadata = {"format": FORMAT, "config": json.dumps(config)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
@@ -80,7 +89,7 @@ def load(path: str | Path, model: nn.Module) -> MaskedModel:
     masked = MaskedModel(
         model, config["modality"], mode=config["mode"], gate=config["gate"], keep=config["keep"],
         where=config["where"], baseline=config["baseline"],
-        epsilon=config.get("epsilon", 0.05), sparsity_weight=config.get("sparsity_weight", 1.0),
+        epsilon=config.get("epsilon", 0.1), sparsity_weight=config.get("sparsity_weight", 5.0),
         modality_options=config.get("modality_options", {}), **config["layer_options"],
     )
     return load_mask(masked, path)

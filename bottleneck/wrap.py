@@ -28,6 +28,8 @@ from .segment import segment_topk_mask
 from .units import Units
 
 MODES = ("joint", "explain")
+#: Open probability of every gate when explain-mode training starts.
+EXPLAIN_INIT_OPEN = 0.5
 
 
 @dataclass
@@ -108,8 +110,8 @@ class MaskedModel(nn.Module):
         keep: float | None = None,
         where: str = "input",
         baseline: str | None = None,
-        epsilon: float = 0.05,
-        sparsity_weight: float = 1.0,
+        epsilon: float = 0.1,
+        sparsity_weight: float = 5.0,
         modality_options: dict[str, Any] | None = None,
         **layer_options: Any,
     ) -> None:
@@ -138,6 +140,8 @@ class MaskedModel(nn.Module):
             if keep is None:  # the KL budget decides how many units stay open
                 keep = 1.0
             layer_options.setdefault("constraint", "at_most")
+            # start undecided: half open, so the KL term sees both outcomes from step 0
+            layer_options.setdefault("init_open", EXPLAIN_INIT_OPEN)
         self.mask = MaskLayer(gate, 0.3 if keep is None else keep, **layer_options)
         self.gate_name = gate
         self.layer_options = dict(layer_options)
@@ -397,14 +401,14 @@ def attach(
     :param where: ``"input"``, or the name of a layer (``"layer2"``, ``"encoder.3"``)
         whose output is masked instead (IBA-style hidden insertion).
     :param options: ``baseline=``, ``epsilon=`` (explain mode's KL budget in nats,
-        default 0.05), ``sparsity_weight=`` (weight of the expected open fraction in
-        explain mode),
+        default 0.1), ``sparsity_weight=`` (weight of the expected open fraction in
+        explain mode, default 5; larger closes units faster),
         :class:`~bottleneck.layer.MaskLayer` options (``smooth_weight``, ``hidden``, ...)
         and the modality's own options (images: ``patch_size``, ``pad``, ``blur_sigma``).
     """
     baseline = options.pop("baseline", None)
-    epsilon = options.pop("epsilon", 0.05)
-    sparsity_weight = options.pop("sparsity_weight", 1.0)
+    epsilon = options.pop("epsilon", 0.1)
+    sparsity_weight = options.pop("sparsity_weight", 5.0)
     layer_options, modality_options = split_options(options)
     return MaskedModel(
         model, modality, mode=mode, gate=gate, keep=keep, where=where, baseline=baseline,
