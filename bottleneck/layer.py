@@ -28,6 +28,9 @@ class MaskResult:
     :param keep_rate: ``[B]`` expected fraction of open units per sample.
     :param loss: the bottleneck loss (sum of weighted terms).
     :param terms: each term, detached, for logging.
+    :param relevance: ``P(gate > 0)`` from the scores before the logit bound, detached:
+        the same as ``p_open`` inside the bound, and still ordered beyond it, so units
+        the mask shut (or opened) with different conviction do not tie in a ranking.
     """
 
     logits: Tensor
@@ -36,6 +39,7 @@ class MaskResult:
     keep_rate: Tensor
     loss: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
+    relevance: Tensor | None = None
 
 
 class MaskLayer(nn.Module):
@@ -112,13 +116,15 @@ class MaskLayer(nn.Module):
         """Clamped logits (straight-through) and a penalty pulling raw scores back inside the bound."""
         logits = straight_through(raw.clamp(-self.logit_bound, self.logit_bound), raw)
         excess = (raw.abs() - self.logit_bound).clamp(min=0.0).pow(2).mean()
-        if self.gate.params_per_unit == 1:
-            logits = logits.squeeze(-1)
-        return logits, excess
+        return self._squeeze(logits), excess
+
+    def _squeeze(self, logits: Tensor) -> Tensor:
+        return logits.squeeze(-1) if self.gate.params_per_unit == 1 else logits
 
     def forward(self, units: Units) -> MaskResult:
         batch, num_samples = units.batch, units.num_samples
-        logits, excess = self._bounded(self.scorer(units.x, units.batch, units.num_samples))
+        raw = self.scorer(units.x, units.batch, units.num_samples)
+        logits, excess = self._bounded(raw)
         if self.training:
             gates = self.gate.rsample(logits, batch, num_samples)
         else:
@@ -138,7 +144,8 @@ class MaskLayer(nn.Module):
             "keep_rate": mean_keep.detach(),
             "logit_bound": excess.detach(),
         }
-        return MaskResult(logits, gates, p_open, keep_rate, loss, terms)
+        relevance = self.gate.expected_open(self._squeeze(raw.detach()), batch, num_samples)
+        return MaskResult(logits, gates, p_open, keep_rate, loss, terms, relevance)
 
     def anneal(self, progress: float) -> None:
         """Forward the training progress (0..1) to the gate's schedule and the keep-target warm-up."""

@@ -48,9 +48,11 @@ class Testbed:
     :param attach_options: keyword arguments for :func:`bottleneck.attach` besides mode,
         gate and keep (``special_ids``, ``placeholder_id``, ...).
     :param feature_layer: the layer whose output feeds the model's global pooling (FBI).
-    :param epochs: training epochs of the plain model and of each jointly masked one.
+    :param epochs: training epochs of the plain model.
     :param lr: learning rate of that training.
+    :param joint_epochs: epochs of joint (mask + model) training, continuing from the plain model.
     :param joint_keep: keep target of the jointly masked models (the demo's).
+    :param joint_options: extra :func:`~bottleneck.attach` options for the jointly masked models.
     :param explain_epochs: epochs of explain-mode mask training on the frozen model.
     :param explain_lr: learning rate of that training.
     :param settings: what rebuilds this testbed (``quick``, ``seed``, sizes), stored with saved masks.
@@ -66,6 +68,7 @@ class Testbed:
     feature_layer: str | None = None
     epochs: int = 5
     lr: float = 3e-3
+    joint_epochs: int = 4
     joint_keep: float = 0.3
     joint_options: dict[str, Any] = field(default_factory=dict)
     explain_epochs: int = 5

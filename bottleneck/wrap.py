@@ -273,11 +273,11 @@ class MaskedModel(nn.Module):
         try:
             if self.target_layer is None:
                 adapter, units, result = self.mask_units(inputs)
-                return Explanation(result.p_open, result.gates, units, inputs, adapter)
+                return Explanation(_relevance(result), result.gates, units, inputs, adapter)
             adapter = self.adapter(inputs)
             _, hidden, result = self._run_with_hidden_mask(adapter, inputs)
             units = adapter.to_units(inputs, with_graph=False)
-            relevance = adapter.relevance_to_input(result.p_open, hidden, units)
+            relevance = adapter.relevance_to_input(_relevance(result), hidden, units)
             gates = adapter.relevance_to_input(result.gates, hidden, units)
             return Explanation(relevance, gates, units, inputs, adapter)
         finally:
@@ -290,7 +290,7 @@ class MaskedModel(nn.Module):
         relevance; without, the units whose deterministic gate is open (and at
         least each sample's most relevant unit).
         """
-        scores = result.p_open
+        scores = _relevance(result)
         if keep is not None:
             if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
                 raise BottleneckError(f"keep must be a fraction in (0, 1] (got {keep!r})")
@@ -343,6 +343,11 @@ class MaskedModel(nn.Module):
             f"modality={self.modality_name!r}, mode={self.mode!r}, gate={self.gate_name!r}, "
             f"keep={self.keep}, where={self.where!r}, baseline={self.baseline!r}"
         )
+
+
+def _relevance(result: MaskResult) -> Tensor:
+    """The open probability, ranked beyond the logit bound when the layer provides it."""
+    return result.p_open if result.relevance is None else result.relevance
 
 
 def _find_layer(model: nn.Module, where: str) -> nn.Module:

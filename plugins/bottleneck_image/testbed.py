@@ -21,8 +21,8 @@ from .demo import SETTINGS, build_model
 
 #: (quick, full) sizes.
 SIZES: dict[bool, dict[str, int]] = {
-    True: {"train_size": 1500, "test_size": 128, "epochs": 8, "explain_epochs": 6},
-    False: {"train_size": 2000, "test_size": 512, "epochs": 20, "explain_epochs": 12},
+    True: {"train_size": 1500, "test_size": 128, "epochs": 10, "joint_epochs": 4, "explain_epochs": 4},
+    False: {"train_size": 2000, "test_size": 512, "epochs": 20, "joint_epochs": 8, "explain_epochs": 10},
 }
 BATCH_SIZE = 64
 
@@ -53,6 +53,7 @@ def prepare(*, quick: bool = False, seed: int = 0, **overrides: Any) -> Testbed:
         test=test,
         feature_layer="layer3",
         epochs=sizes["epochs"],
+        joint_epochs=sizes["joint_epochs"],
         lr=SETTINGS[("cnn", "planted")]["lr"],
         joint_keep=0.25,
         explain_epochs=sizes["explain_epochs"],

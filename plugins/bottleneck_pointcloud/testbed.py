@@ -18,8 +18,8 @@ from .models import PointNet
 
 #: (quick, full) sizes.
 SIZES: dict[bool, dict[str, int]] = {
-    True: {"train_size": 800, "test_size": 128, "epochs": 8, "explain_epochs": 8},
-    False: {"train_size": 1500, "test_size": 512, "epochs": 20, "explain_epochs": 15},
+    True: {"train_size": 1000, "test_size": 128, "epochs": 12, "joint_epochs": 4, "explain_epochs": 6},
+    False: {"train_size": 1500, "test_size": 512, "epochs": 20, "joint_epochs": 8, "explain_epochs": 12},
 }
 BATCH_SIZE = 64
 
@@ -43,6 +43,7 @@ def prepare(*, quick: bool = False, seed: int = 0, **overrides: Any) -> Testbed:
         test=test,
         feature_layer="point_mlp",
         epochs=sizes["epochs"],
+        joint_epochs=sizes["joint_epochs"],
         lr=LEARNING_RATE,
         joint_keep=0.3,
         explain_epochs=sizes["explain_epochs"],

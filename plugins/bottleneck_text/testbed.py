@@ -22,8 +22,8 @@ from .demo import MAX_LENGTH, build_model
 
 #: (quick, full) sizes.
 SIZES: dict[bool, dict[str, int]] = {
-    True: {"train_size": 2000, "test_size": 128, "epochs": 4, "explain_epochs": 6},
-    False: {"train_size": 2000, "test_size": 512, "epochs": 6, "explain_epochs": 10},
+    True: {"train_size": 2000, "test_size": 128, "epochs": 4, "joint_epochs": 3, "explain_epochs": 6},
+    False: {"train_size": 2000, "test_size": 512, "epochs": 6, "joint_epochs": 4, "explain_epochs": 10},
 }
 BATCH_SIZE = 64
 
@@ -61,6 +61,7 @@ def prepare(*, quick: bool = False, seed: int = 0, **overrides: Any) -> Testbed:
         attach_options={"special_ids": list(tokenizer.all_special_ids), "placeholder_id": tokenizer.mask_token_id},
         feature_layer="token_features",
         epochs=sizes["epochs"],
+        joint_epochs=sizes["joint_epochs"],
         lr=3e-3,
         joint_keep=0.3,
         explain_epochs=sizes["explain_epochs"],

@@ -1,0 +1,121 @@
+"""Explain mode: the model is frozen; the mask keeps as few units as KL <= epsilon allows."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_image_mask import BlobNet, blobs
+
+import bottleneck
+from bottleneck.errors import BottleneckError
+from bottleneck.evidence import explain_fidelity
+from bottleneck.metrics import mean_auroc
+from bottleneck.objective import Constraint, FaithfulnessConstraint, KeepRateConstraint
+from bottleneck.testbed import Testbed as BenchTestbed
+
+
+# -- the constraint ------------------------------------------------------------------
+def test_faithfulness_multiplier_grows_above_epsilon_and_decays_to_zero_below() -> None:
+    constraint = FaithfulnessConstraint(epsilon=0.1, step=0.5, damping=0.0)
+    constraint.train()
+    for _ in range(4):
+        constraint(torch.tensor(0.5))
+    assert constraint.multiplier.item() == pytest.approx(4 * 0.5 * 0.4)
+    for _ in range(100):
+        term = constraint(torch.tensor(0.0))
+    assert constraint.multiplier.item() == 0.0  # clipped: KL below budget costs nothing
+    assert term.item() == 0.0
+
+
+def test_constraint_term_pushes_the_value_down_only_while_it_is_violated() -> None:
+    constraint = FaithfulnessConstraint(epsilon=0.1, step=0.0, damping=2.0)
+    value = torch.tensor(0.3, requires_grad=True)
+    constraint(value).backward()
+    assert value.grad.item() == pytest.approx(2.0 * 0.2)
+    slack = torch.tensor(0.05, requires_grad=True)
+    constraint(slack).backward()
+    assert slack.grad.item() == 0.0
+
+
+def test_constraints_validate_their_targets() -> None:
+    with pytest.raises(BottleneckError, match=r"epsilon \(KL budget in nats\) target must be a number > 0"):
+        FaithfulnessConstraint(epsilon=0.0)
+    with pytest.raises(BottleneckError, match=r"keep must be a fraction in \(0, 1\]"):
+        KeepRateConstraint(1.5)
+    with pytest.raises(BottleneckError, match="constraint must be one of"):
+        Constraint(0.5, kind="below")
+
+
+# -- explain mode on a trained model -------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_blobnet() -> BlobNet:
+    torch.manual_seed(0)
+    x, y, _ = blobs(512, seed=0)
+    model = BlobNet()
+    bottleneck.fit(model, [(x[i:i + 64], y[i:i + 64]) for i in range(0, 512, 64)], epochs=6, lr=3e-3,
+                   progress=False)
+    return model
+
+
+def blob_testbed(model: BlobNet) -> BenchTestbed:
+    x, y, gt = blobs(128, seed=1)
+    return BenchTestbed(modality="image", model_name="BlobNet", make_model=BlobNet, train=[], test=[(x, y, gt)],
+                   unit_truth=lambda truth, units, adapter: adapter.unit_truth(truth, units))
+
+
+@pytest.mark.parametrize("where", ["input", "features"])
+def test_explain_mode_finds_the_evidence_of_a_frozen_model_within_the_kl_budget(trained_blobnet, where) -> None:
+    torch.manual_seed(0)
+    model = copy.deepcopy(trained_blobnet)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masked = bottleneck.attach(model, "image", mode="explain", where=where, epsilon=0.1)
+    x, y, _ = blobs(512, seed=2)
+    history = bottleneck.fit(masked, [(x[i:i + 64], y[i:i + 64]) for i in range(0, 512, 64)], epochs=10,
+                             lr=1e-2, progress=False)
+    assert "kl_multiplier" in history.last() and "task" not in history.last()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # frozen, BatchNorm too
+    testbed = blob_testbed(model)
+    fidelity = explain_fidelity(masked, testbed, torch.device("cpu"))
+    assert fidelity["kl"] < 0.2, fidelity  # the budget (0.1), with deterministic gates at test time
+    assert fidelity["keep_rate"] < 0.6, fidelity  # and it did close units to get there
+    x_test, _, gt_test = testbed.test[0]
+    explanation = masked.explain(x_test)
+    assert explanation.relevance.shape == (explanation.units.num_units,)
+    truth = explanation.modality.unit_truth(gt_test, explanation.units)
+    # the blob is evidence the model *needs* only where a blank image gets another class:
+    # BlobNet reads a blank image as class 1, so for most class-1 images nothing is needed
+    with torch.no_grad():
+        needed = model(x_test).argmax(-1) != model(torch.zeros_like(x_test)).argmax(-1)
+    assert needed.sum() > 30
+    rows = needed[explanation.batch]
+    batch = torch.cumsum(needed.long(), 0)[explanation.batch][rows] - 1
+    auroc = mean_auroc(explanation.relevance[rows], truth[rows], batch, int(needed.sum()))
+    assert auroc > 0.9, auroc
+
+
+def test_explain_mode_keep_is_an_upper_bound() -> None:
+    masked = bottleneck.attach(BlobNet(), "image", mode="explain", keep=0.2)
+    assert masked.mask.constraint.kind == "at_most" and masked.mask.constraint.target == 0.2
+    unbounded = bottleneck.attach(BlobNet(), "image", mode="explain")
+    assert unbounded.mask.keep == 1.0 and unbounded.faithfulness.target == 0.1
+    joint = bottleneck.attach(BlobNet(), "image")
+    assert joint.mask.keep == 0.3 and joint.faithfulness is None
+
+
+def test_explain_mode_options_round_trip_through_a_saved_mask(tmp_path) -> None:
+    masked = bottleneck.attach(BlobNet(), "image", mode="explain", epsilon=0.05, sparsity_weight=2.0)
+    masked.train()
+    masked(torch.randn(4, 1, 16, 16)).ib_loss.backward()  # moves the KL multiplier
+    path = bottleneck.save_mask(masked, tmp_path / "mask.safetensors")
+    loaded = bottleneck.load(path, BlobNet())
+    assert loaded.mode == "explain" and loaded.epsilon == 0.05 and loaded.sparsity_weight == 2.0
+    assert torch.equal(loaded.faithfulness.multiplier, masked.faithfulness.multiplier)
+
+
+def test_bad_explain_options_raise_the_library_error() -> None:
+    with pytest.raises(BottleneckError, match="sparsity_weight must be >= 0"):
+        bottleneck.attach(BlobNet(), "image", mode="explain", sparsity_weight=-1.0)
+    with pytest.raises(BottleneckError, match="epsilon"):
+        bottleneck.attach(BlobNet(), "image", mode="explain", epsilon=-0.1)
