@@ -6,7 +6,9 @@ masked models that continue from the trained plain weights (ours with
 hard-concrete gates, and PointMask's gaussian gate), then scores each method on
 the same test inputs:
 
-* ``bottleneck`` — the explain-mode mask: one forward pass of the mask per input;
+* ``bottleneck`` — the explain-mode mask: one forward pass of the mask per input
+  (at the testbed's insertion point; ``bottleneck_input`` is the same at the input
+  when that point is a hidden layer);
 * ``bottleneck_joint``, ``pointmask_gaussian`` — the relevance of a mask trained
   jointly with its model; it explains *that* model, so its perturbation metrics
   are measured on that model (ground-truth AUROC is model-independent);
@@ -45,7 +47,7 @@ from .train import _to, evaluate, fit
 from .wrap import MaskedModel, _logits_of, attach
 
 METHODS: tuple[str, ...] = (
-    "bottleneck", "bottleneck_joint", "pointmask_gaussian", "integrated_gradients",
+    "bottleneck", "bottleneck_input", "bottleneck_joint", "pointmask_gaussian", "integrated_gradients",
     "saliency", "occlusion", "feature_norm", "random",
 )
 METRICS: tuple[str, ...] = (
@@ -77,6 +79,7 @@ class TrainedModels:
 
     plain: torch.nn.Module
     explainer: MaskedModel
+    input_explainer: MaskedModel | None
     joint: MaskedModel
     gaussian: MaskedModel
     figures: dict[str, Any]
@@ -114,11 +117,17 @@ def train_models(testbed: Testbed, device: torch.device, *, progress: bool = Tru
     test_batches = [(inputs, targets) for inputs, targets, _ in testbed.test]
     figures["accuracy_plain"] = evaluate(plain, test_batches)["accuracy"]
 
-    explainer = attach(plain, testbed.modality, mode="explain", **testbed.attach_options).to(device)
-    figures["explain_train_seconds"] = _timed_fit(
-        explainer, testbed, epochs=testbed.explain_epochs, lr=testbed.explain_lr, device=device,
-        progress=progress, description="explain")
-    figures["explain"] = explain_fidelity(explainer, testbed, device)
+    explainers: dict[str, MaskedModel] = {}
+    variants = {"explain": testbed.explain_options}
+    if testbed.explain_options.get("where", "input") != "input":
+        variants["explain_input"] = {**testbed.explain_options, "where": "input"}
+    for name, options in variants.items():
+        explainer = attach(plain, testbed.modality, mode="explain", **testbed.attach_options, **options).to(device)
+        seconds = _timed_fit(explainer, testbed, epochs=testbed.explain_epochs, lr=testbed.explain_lr,
+                             device=device, progress=progress, description=name.replace("_", " "))
+        figures[name] = {"where": explainer.where, **explain_fidelity(explainer, testbed, device),
+                         "train_seconds": seconds}
+        explainers[name] = explainer
 
     joint_models = {}
     for name, gate in (("joint", "hard_concrete"), ("gaussian", "gaussian")):
@@ -132,7 +141,8 @@ def train_models(testbed: Testbed, device: torch.device, *, progress: bool = Tru
         figures[name] = {"gate": gate, "accuracy_masked": dense["accuracy"], "keep_rate": dense["keep_rate"],
                          "train_seconds": seconds}
         joint_models[name] = joint
-    return TrainedModels(plain, explainer, joint_models["joint"], joint_models["gaussian"], figures)
+    return TrainedModels(plain, explainers["explain"], explainers.get("explain_input"), joint_models["joint"],
+                         joint_models["gaussian"], figures)
 
 
 def methods(models: TrainedModels, testbed: Testbed, *, seed: int = 0) -> dict[str, Method]:
@@ -149,6 +159,8 @@ def methods(models: TrainedModels, testbed: Testbed, *, seed: int = 0) -> dict[s
     plain = "plain model"
     table = {
         "bottleneck": Method(reference, mask_relevance(reference), plain),
+        "bottleneck_input": None if models.input_explainer is None else Method(
+            models.input_explainer, mask_relevance(models.input_explainer), plain),
         "bottleneck_joint": Method(models.joint, mask_relevance(models.joint), "its jointly trained model"),
         "pointmask_gaussian": Method(models.gaussian, mask_relevance(models.gaussian), "its jointly trained model"),
         # IG and occlusion run 50 and N + 1 passes per call: a warm-up call would only double their cost
@@ -160,7 +172,7 @@ def methods(models: TrainedModels, testbed: Testbed, *, seed: int = 0) -> dict[s
     }
     if testbed.feature_layer is not None:
         table["feature_norm"] = Method(reference, on_plain(feature_norm, layer=testbed.feature_layer), plain)
-    return {name: table[name] for name in METHODS if name in table}
+    return {name: table[name] for name in METHODS if table.get(name) is not None}
 
 
 def score_method(method: Method, testbed: Testbed, device: torch.device) -> dict[str, float]:
@@ -303,8 +315,9 @@ def markdown_table(report: dict[str, Any], command: str = "") -> str:
     lines.append(f"Claims: {claim_text}.")
     explain = report["models"].get("explain", {})
     lines.append(
-        f"Plain accuracy {report['models']['accuracy_plain']:.3f}; explain-mode mask: KL "
-        f"{explain.get('kl', float('nan')):.3f} nats at {explain.get('keep_rate', float('nan')):.1%} units kept; "
+        f"Plain accuracy {report['models']['accuracy_plain']:.3f}; explain-mode mask (at "
+        f"{explain.get('where', 'input')}): KL {explain.get('kl', float('nan')):.3f} nats at "
+        f"{explain.get('keep_rate', float('nan')):.1%} units kept; "
         f"{report['settings']['test_samples']} test samples; {report['seconds']:.0f} s in all."
     )
     if command:

@@ -178,7 +178,7 @@ class ConcreteGate(Gate):
 
     def rate(self, logits):
         q = torch.sigmoid(logits)
-        p = self.keep
+        p = min(max(self.keep, 1e-6), 1.0 - 1e-6)  # keep=1 (explain mode): a prior that still has a log
         log_q, log_1q = nn.functional.logsigmoid(logits), nn.functional.logsigmoid(-logits)
         return q * (log_q - math.log(p)) + (1 - q) * (log_1q - math.log1p(-p))
 

@@ -53,6 +53,9 @@ class Testbed:
     :param joint_epochs: epochs of joint (mask + model) training, continuing from the plain model.
     :param joint_keep: keep target of the jointly masked models (the demo's).
     :param joint_options: extra :func:`~bottleneck.attach` options for the jointly masked models.
+    :param explain_options: :func:`~bottleneck.attach` options of the explain-mode mask
+        (``{"where": "layer2"}`` puts it at a hidden layer, IBA-style); when they move the
+        mask off the input, the benchmark also reports a mask at the input.
     :param explain_epochs: epochs of explain-mode mask training on the frozen model.
     :param explain_lr: learning rate of that training.
     :param settings: what rebuilds this testbed (``quick``, ``seed``, sizes), stored with saved masks.
@@ -71,6 +74,7 @@ class Testbed:
     joint_epochs: int = 4
     joint_keep: float = 0.3
     joint_options: dict[str, Any] = field(default_factory=dict)
+    explain_options: dict[str, Any] = field(default_factory=dict)
     explain_epochs: int = 5
     explain_lr: float = 1e-2
     settings: dict[str, Any] = field(default_factory=dict)
