@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import to_dense_batch
 
 from .errors import BottleneckError, describe
+from .fbi import feature_norm
 from .modality import Modality
 from .units import Units
 from .wrap import MaskedModel, _logits_of
@@ -69,6 +70,7 @@ __all__ = [
     "OUTPUTS",
     "GateFunction",
     "attribution_mode",
+    "feature_norm",
     "check_target",
     "integrated_gradients",
     "occlusion",
@@ -344,6 +346,7 @@ def occlusion(masked: MaskedModel, inputs: Any, target: Tensor | None = None, *,
 
 
 #: The attribution baselines by name; each is ``method(masked, inputs, target=None) -> [N]``.
+#: :func:`~bottleneck.fbi.feature_norm` (FBI, re-exported here) also needs ``layer=``.
 METHODS: dict[str, Callable[..., Tensor]] = {
     "random": random_relevance,
     "saliency": saliency,

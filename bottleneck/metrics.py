@@ -1,4 +1,10 @@
-"""Relevance metrics on the flat ragged layout (one value per sample, then averaged)."""
+"""Relevance metrics on the flat ragged layout (one value per sample, then averaged).
+
+Ground truth: :func:`segment_auroc`, :func:`mean_auroc`, :func:`precision_at_k`.
+Faithfulness (they run the model, so they live in :mod:`bottleneck.faithfulness`
+and are re-exported here): ``deletion_insertion`` (deletion and insertion AUC),
+``comprehensiveness_sufficiency`` (ERASER AOPC) and their ``Perturber``.
+"""
 
 from __future__ import annotations
 
@@ -84,3 +90,15 @@ def precision_at_k(scores: Tensor, labels: Tensor, batch: Tensor | None = None, 
     hits = torch.bincount(batch[top & labels], minlength=num_samples).double()
     precision = hits / positives.double()
     return torch.where(positives > 0, precision, torch.full_like(precision, float("nan")))
+
+
+_FAITHFULNESS = ("Perturber", "deletion_insertion", "comprehensiveness_sufficiency", "top_fraction")
+
+
+def __getattr__(name: str) -> object:
+    """The faithfulness metrics, imported on first use (they import the masked model)."""
+    if name in _FAITHFULNESS:
+        from . import faithfulness
+
+        return getattr(faithfulness, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
