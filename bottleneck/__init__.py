@@ -7,7 +7,7 @@ cheaper by removing dropped units, and feeds bias audits.
 
 from __future__ import annotations
 
-from .errors import BottleneckError
+from .errors import BottleneckError, FaithfulnessWarning
 from .explanation import Explanation
 from .gates import Gate
 from .hookspecs import hookimpl
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BottleneckError",
+    "FaithfulnessWarning",
     "Explanation",
     "Gate",
     "MaskLayer",

@@ -12,6 +12,10 @@ class BottleneckError(ValueError):
     """Bad input, bad configuration or a broken plugin, explained in the message."""
 
 
+class FaithfulnessWarning(UserWarning):
+    """An explain-mode mask ended training outside its KL budget (its explanations drop evidence)."""
+
+
 def describe(value: object) -> str:
     """A short description of ``value`` for error messages (type, shape, dtype)."""
     shape = getattr(value, "shape", None)

@@ -9,6 +9,7 @@ current keep rate, and returns the per-epoch history.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .errors import BottleneckError, describe
+from .errors import BottleneckError, FaithfulnessWarning, describe
 from .wrap import MaskedModel, MaskedOutput, _logits_of
 
 Batch = Any
@@ -147,7 +148,27 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, means)
     model.eval()
+    if masked is not None:
+        _check_faithful(masked, history)
     return history
+
+
+#: An explain-mode mask whose last-epoch KL exceeds this multiple of epsilon gets a warning.
+UNFAITHFUL_FACTOR = 2.0
+
+
+def _check_faithful(masked: MaskedModel, history: History) -> None:
+    """Warn when an explain-mode mask ends training far outside its KL budget."""
+    kl = history.last().get("faithfulness")
+    if masked.mode != "explain" or kl is None or kl <= UNFAITHFUL_FACTOR * masked.epsilon:
+        return
+    warnings.warn(
+        f"the explain-mode mask ended training with KL {kl:.3g} nats, above {UNFAITHFUL_FACTOR:g} x epsilon "
+        f"({masked.epsilon:g}) and keep rate {history.last().get('keep_rate', float('nan')):.3g}: its "
+        "explanations drop units the model needs. Train longer, or lower sparsity_weight "
+        f"(now {masked.sparsity_weight:g}) so gates are not shut before the scorer learns which units matter.",
+        FaithfulnessWarning, stacklevel=2,
+    )
 
 
 def _target(targets: Tensor | None) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from test_image_mask import BlobNet, blobs
 
 import bottleneck
-from bottleneck.errors import BottleneckError
+from bottleneck.errors import BottleneckError, FaithfulnessWarning
 from bottleneck.evidence import explain_fidelity
 from bottleneck.metrics import mean_auroc
 from bottleneck.objective import Constraint, FaithfulnessConstraint, KeepRateConstraint
@@ -119,3 +119,11 @@ def test_bad_explain_options_raise_the_library_error() -> None:
         bottleneck.attach(BlobNet(), "image", mode="explain", sparsity_weight=-1.0)
     with pytest.raises(BottleneckError, match="epsilon"):
         bottleneck.attach(BlobNet(), "image", mode="explain", epsilon=-0.1)
+
+
+def test_a_mask_that_ends_outside_its_kl_budget_is_reported(trained_blobnet) -> None:
+    masked = bottleneck.attach(copy.deepcopy(trained_blobnet), "image", mode="explain", epsilon=0.001,
+                               sparsity_weight=50.0, init_open=0.05)
+    x, y, _ = blobs(64, seed=3)
+    with pytest.warns(FaithfulnessWarning, match=r"ended training with KL .* above 2 x epsilon \(0.001\)"):
+        bottleneck.fit(masked, [(x, y)], epochs=1, lr=1e-3, progress=False)
