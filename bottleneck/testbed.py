@@ -62,6 +62,8 @@ class Testbed:
     :param render: ``render(explanation, out_dir, batch_index) -> files``.
     """
 
+    __test__ = False  # not a pytest test class, though its name starts with "Test"
+
     modality: str
     model_name: str
     make_model: Callable[[], nn.Module]
