@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .cues import Cue
     from .demo import Demo
     from .gates import Gate
     from .modality import Modality
@@ -50,6 +51,15 @@ def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
     """Register demos that ``bottleneck demo NAME`` runs.
 
     :param register: call it with a :class:`~bottleneck.demo.Demo`.
+    """
+
+
+@hookspec
+def bottleneck_register_cues(register: Callable[[Cue], None]) -> None:
+    """Register bias cues (spurious signals) that audits can plant into a modality's data.
+
+    :param register: call it with a :class:`~bottleneck.cues.Cue` instance whose
+        ``name`` is not taken yet.
     """
 
 

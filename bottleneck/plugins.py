@@ -27,6 +27,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .cues import Cue
 from .demo import Demo
 from .errors import BottleneckError, describe
 from .gates import Gate
@@ -185,6 +186,21 @@ def gate_types() -> dict[str, type[Gate]]:
 def demos() -> dict[str, Demo]:
     """Registered demos by name."""
     return _collect("bottleneck_register_demos", lambda d: isinstance(d, Demo), "a Demo")
+
+
+def cues() -> dict[str, Cue]:
+    """Registered bias cues by name."""
+    return _collect("bottleneck_register_cues", lambda c: isinstance(c, Cue), "a Cue instance")
+
+
+def get_cue(name: str, modality: str | None = None) -> Cue:
+    """The registered cue ``name`` (for ``modality``, when given), or an error listing the known ones."""
+    known = cues()
+    if name not in known or (modality is not None and known[name].modality != modality):
+        choices = sorted(n for n, c in known.items() if modality is None or c.modality == modality)
+        where = f" for modality {modality!r}" if modality else ""
+        raise BottleneckError(f"unknown cue {name!r}{where}; registered cues: {choices or 'none'}")
+    return known[name]
 
 
 def get_modality(name: str) -> Modality:

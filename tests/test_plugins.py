@@ -100,6 +100,36 @@ def test_bottleneck_register_demos(plugin_manager) -> None:
     assert "pointcloud" in demos()
 
 
+def test_bottleneck_register_cues(plugin_manager) -> None:
+    from bottleneck.cues import Cue, Planted
+    from bottleneck.plugins import cues, get_cue
+
+    assert {"corner_patch", "tint"} <= set(cues())
+    assert get_cue("corner_patch", "image").modality == "image"
+
+    class Stripe(Cue):
+        name, modality = "stripe", "image"
+
+        def plant(self, inputs, assignment, num_classes):
+            return Planted(inputs, torch.zeros(inputs.shape[0], *inputs.shape[2:], dtype=torch.bool))
+
+    class ThirdParty:
+        @bottleneck.hookimpl
+        def bottleneck_register_cues(self, register):
+            register(Stripe())
+
+    plugin = ThirdParty()
+    bottleneck.register(plugin)
+    try:
+        assert isinstance(get_cue("stripe"), Stripe)
+    finally:
+        bottleneck.unregister(plugin)
+    with pytest.raises(BottleneckError, match=r"unknown cue 'stripe'; registered cues: \['corner_patch', 'tint'"):
+        get_cue("stripe")
+    with pytest.raises(BottleneckError, match="unknown cue 'tint' for modality 'text'"):
+        get_cue("tint", "text")
+
+
 def test_bottleneck_detect_modality(plugin_manager) -> None:
     assert detect_modality(torch.randn(2, 10, 3)) == "pointcloud"
 

@@ -5,7 +5,8 @@ patches, 4-neighbour unit graph; CNNs, any image ``nn.Module``, and Hugging Face
 ViTs whose patch tokens are removed before the encoder in sparse inference;
 hidden insertion at a CNN feature map), the reference models ``SmallResNet``
 and a tiny ViT, embedded data (a planted-evidence set with per-pixel ground
-truth and scikit-learn's 8x8 digits), a renderer and ``bottleneck demo image``.
+truth and scikit-learn's 8x8 digits), a renderer, ``bottleneck demo image`` and two
+bias cues (a coloured corner patch and a colour tint).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bottleneck.hookspecs import hookimpl
 from .adapter import ImageModality
 
 if TYPE_CHECKING:
+    from bottleneck.cues import Cue
     from bottleneck.demo import Demo
     from bottleneck.modality import Modality
 
@@ -34,3 +36,11 @@ def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
     from .demo import DEMO
 
     register(DEMO)
+
+
+@hookimpl
+def bottleneck_register_cues(register: Callable[[Cue], None]) -> None:
+    from .cues import ColourTint, CornerPatch
+
+    register(CornerPatch())
+    register(ColourTint())
