@@ -100,3 +100,29 @@ def test_bad_cue_input_is_refused() -> None:
         CornerPatch(corner="middle")
     with pytest.raises(BottleneckError, match=r"strength must be in \(0, 1\)"):
         ColourTint(strength=1.0)
+
+
+def test_point_cluster_adds_flagged_points_at_the_class_place() -> None:
+    from torch_geometric.data import Batch
+
+    from bottleneck_pointcloud.cues import PointCluster, class_directions
+    from bottleneck_pointcloud.data import make_shapes
+
+    clouds = Batch.from_data_list(make_shapes(3, min_points=40, max_points=60, seed=0))
+    assignment = assign_cues(torch.tensor([0, 1, 2]), 8, 1.0)
+    assignment.present[1] = False
+    cue = PointCluster(size=16, distance=1.5, spread=0.01)
+    planted = cue.plant(clouds, assignment, 8)
+    before = torch.bincount(clouds.batch, minlength=3)
+    after = torch.bincount(planted.inputs.batch, minlength=3)
+    assert after.tolist() == [before[0] + 16, before[1], before[2] + 16]
+    assert planted.flags.shape == (int(after.sum()),) and planted.flags.sum() == 32
+    assert not planted.inputs.gt[planted.flags].any()  # cue points are not the planted evidence
+    first = planted.inputs.get_example(0)
+    extra = first.pos[-16:]
+    centroid = clouds.get_example(0).pos.mean(0)
+    direction = torch.nn.functional.normalize(extra.mean(0) - centroid, dim=0)
+    assert torch.dot(direction, class_directions(8)[0]) > 0.99
+    assert torch.equal(planted.inputs.get_example(1).pos, clouds.get_example(1).pos)
+    with pytest.raises(BottleneckError, match="needs a PyG Batch"):
+        cue.plant(torch.rand(3, 10, 3), assignment, 8)

@@ -104,7 +104,7 @@ def test_bottleneck_register_cues(plugin_manager) -> None:
     from bottleneck.cues import Cue, Planted
     from bottleneck.plugins import cues, get_cue
 
-    assert {"corner_patch", "tint"} <= set(cues())
+    assert {"corner_patch", "tint", "cluster"} <= set(cues())
     assert get_cue("corner_patch", "image").modality == "image"
 
     class Stripe(Cue):
@@ -124,7 +124,7 @@ def test_bottleneck_register_cues(plugin_manager) -> None:
         assert isinstance(get_cue("stripe"), Stripe)
     finally:
         bottleneck.unregister(plugin)
-    with pytest.raises(BottleneckError, match=r"unknown cue 'stripe'; registered cues: \['corner_patch', 'tint'"):
+    with pytest.raises(BottleneckError, match=r"unknown cue 'stripe'; registered cues: \['cluster', 'corner_patch', 'tint'"):
         get_cue("stripe")
     with pytest.raises(BottleneckError, match="unknown cue 'tint' for modality 'text'"):
         get_cue("tint", "text")
