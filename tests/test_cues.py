@@ -126,3 +126,35 @@ def test_point_cluster_adds_flagged_points_at_the_class_place() -> None:
     assert torch.equal(planted.inputs.get_example(1).pos, clouds.get_example(1).pos)
     with pytest.raises(BottleneckError, match="needs a PyG Batch"):
         cue.plant(torch.rand(3, 10, 3), assignment, 8)
+
+
+def test_planted_word_inserts_the_class_word_and_keeps_evidence_aligned() -> None:
+    from bottleneck_text.cues import CUE_WORDS, PlantedWord
+    from bottleneck_text.data import (
+        build_tokenizer,
+        encode,
+        make_planted_sentiment,
+        word_evidence_to_tokens,
+    )
+
+    data = make_planted_sentiment(40, seed=0)
+    assignment = assign_cues(data.labels, 2, 1.0, generator=torch.Generator().manual_seed(0))
+    assignment.present[0] = False
+    planted = PlantedWord().plant(data, assignment, 2)
+    texts = planted.inputs.texts
+    assert texts[0] == data.texts[0] and not planted.flags[0].any()
+    for i in range(1, 40):
+        words = texts[i].split()
+        marked = [w for w, flag in zip(words, planted.flags[i].tolist(), strict=False) if flag]
+        assert marked == [CUE_WORDS[int(data.labels[i])]]
+        assert len(words) == len(data.texts[i].split()) + 1
+        kept_evidence = [w for w, e in zip(words, planted.inputs.evidence[i], strict=True) if e]
+        original = [w for w, e in zip(data.texts[i].split(), data.evidence[i], strict=True) if e]
+        assert kept_evidence == original  # the planted evidence still marks the same words
+    tokenizer = build_tokenizer(texts)
+    encoded = encode(tokenizer, planted.inputs)
+    flags = [row[: len(t.split())].tolist() for row, t in zip(planted.flags, texts, strict=True)]
+    token_flags = word_evidence_to_tokens(tokenizer(texts, padding=True, return_tensors="pt"), flags)
+    assert token_flags.shape == encoded["input_ids"].shape and int(token_flags.sum()) >= 39
+    with pytest.raises(BottleneckError, match="3 classes need 3 cue words"):
+        PlantedWord(words=("a", "b")).plant(data.texts, assign_cues(data.labels, 3, 1.0), 3)

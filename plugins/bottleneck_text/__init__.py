@@ -18,6 +18,7 @@ from bottleneck.hookspecs import hookimpl
 from .adapter import TextModality
 
 if TYPE_CHECKING:
+    from bottleneck.cues import Cue
     from bottleneck.demo import Demo
     from bottleneck.modality import Modality
 
@@ -34,3 +35,10 @@ def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
     from .demo import DEMO
 
     register(DEMO)
+
+
+@hookimpl
+def bottleneck_register_cues(register: Callable[[Cue], None]) -> None:
+    from .cues import PlantedWord
+
+    register(PlantedWord())
