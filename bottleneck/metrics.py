@@ -92,6 +92,32 @@ def precision_at_k(scores: Tensor, labels: Tensor, batch: Tensor | None = None, 
     return torch.where(positives > 0, precision, torch.full_like(precision, float("nan")))
 
 
+def relevance_share(
+    relevance: Tensor, flags: Tensor, batch: Tensor | None = None, num_samples: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``([B] relevance share, [B] area share)`` of the flagged units (a bias cue) per sample.
+
+    The relevance share is the fraction of a sample's total (non-negative)
+    relevance that falls on its flagged units; the area share is the fraction of
+    its units that are flagged. A model that leans on the cue puts much more
+    relevance on it than its area: the ratio of the two is the audit's lean.
+    Samples with no relevance at all get NaN.
+    """
+    batch, num_samples = _check_scored(relevance, flags, batch, num_samples)
+    if not torch.isfinite(relevance).all():
+        raise BottleneckError("relevance holds NaN or Inf values")
+    if (relevance < 0).any():
+        raise BottleneckError("relevance share needs non-negative relevance (take .abs() or clamp signed ones)")
+    flags = flags.bool()
+    weights = relevance.double()
+    total = torch.zeros(num_samples, dtype=torch.float64, device=relevance.device).index_add(0, batch, weights)
+    on_cue = torch.zeros_like(total).index_add(0, batch[flags], weights[flags])
+    counts = torch.bincount(batch, minlength=num_samples).double()
+    area = torch.bincount(batch[flags], minlength=num_samples).double() / counts.clamp(min=1)
+    share = torch.where(total > 0, on_cue / total.clamp(min=1e-300), torch.full_like(total, float("nan")))
+    return share, area
+
+
 _FAITHFULNESS = ("Perturber", "deletion_insertion", "comprehensiveness_sufficiency", "top_fraction")
 
 

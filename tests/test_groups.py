@@ -80,3 +80,16 @@ def test_bad_settings_are_refused() -> None:
         group_accuracy(torch.ones(3), torch.zeros(3, dtype=torch.long), confidence=95)
     with pytest.raises(BottleneckError, match="resamples must be >= 1"):
         group_accuracy(torch.ones(3), torch.zeros(3, dtype=torch.long), resamples=0)
+
+
+def test_relevance_share_against_area_share_on_hand_made_samples() -> None:
+    from bottleneck.metrics import relevance_share
+
+    relevance = torch.tensor([3.0, 1.0, 0.0, 0.0, 2.0, 2.0, 0.0, 0.0, 0.0])
+    flags = torch.tensor([True, False, False, False, True, False, True, False, False])
+    batch = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2])
+    share, area = relevance_share(relevance, flags, batch, 3)
+    assert share[:2].tolist() == [0.75, 0.5] and share[2].isnan()  # sample 2 has no relevance
+    assert area.tolist() == [0.25, 0.5, 0.0]
+    with pytest.raises(BottleneckError, match="non-negative relevance"):
+        relevance_share(-relevance, flags, batch, 3)
