@@ -127,3 +127,25 @@ def test_a_mask_that_ends_outside_its_kl_budget_is_reported(trained_blobnet) -> 
     x, y, _ = blobs(64, seed=3)
     with pytest.warns(FaithfulnessWarning, match=r"ended training with KL .* above 2 x epsilon \(0.001\)"):
         bottleneck.fit(masked, [(x, y)], epochs=1, lr=1e-3, progress=False)
+
+
+@pytest.mark.parametrize("modality", ["pointcloud", "text"])
+def test_explain_mode_at_a_hidden_layer_of_points_and_text(modality: str) -> None:
+    from bottleneck.plugins import demos
+
+    testbed = demos()[modality].testbed(quick=True, train_size=16, test_size=8)
+    torch.manual_seed(0)
+    model = testbed.make_model()
+    masked = bottleneck.attach(model, modality, mode="explain", where=testbed.feature_layer,
+                               **testbed.attach_options)
+    inputs = testbed.test[0][0]
+    masked.train()
+    out = masked(inputs)
+    assert "faithfulness" in out.terms and "kl_multiplier" in out.terms
+    out.ib_loss.backward()
+    assert all(p.grad is None for p in model.parameters())  # frozen
+    assert any(p.grad is not None for p in masked.mask.parameters())
+    explanation = masked.explain(inputs)
+    units = masked.adapter(inputs).to_units(inputs, with_graph=False)
+    assert explanation.relevance.shape == (units.num_units,)
+    assert torch.isfinite(explanation.relevance).all()
