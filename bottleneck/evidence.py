@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,10 @@ from . import baselines
 from .errors import BottleneckError
 from .faithfulness import Perturber, comprehensiveness_sufficiency, deletion_insertion
 from .fbi import feature_norm
-from .metrics import precision_at_k, segment_auroc
+from .metrics import nanmean, precision_at_k, segment_auroc
 from .objective import faithfulness_loss
 from .testbed import Testbed
+from .timing import time_call
 from .train import _to, evaluate, fit
 from .wrap import MaskedModel, _logits_of, attach
 
@@ -185,11 +187,10 @@ def score_method(method: Method, testbed: Testbed, device: torch.device) -> dict
         truth = testbed.truth_of(truth, perturber.units, perturber.adapter)
         if index == 0 and method.warm_up:  # lazy initialisation, allocator, caches
             method.relevance(inputs, perturber.target)
-        _synchronize(device)
-        start = time.perf_counter()
-        relevance = method.relevance(inputs, perturber.target)
-        _synchronize(device)
-        seconds += time.perf_counter() - start
+        computed: list[Tensor] = []
+        run = partial(method.relevance, inputs, perturber.target)
+        seconds += time_call(partial(_append_result, computed, run), device)
+        relevance = computed[0]
         samples += perturber.units.num_samples
         relevance = relevance.detach().float().to(perturber.units.batch.device)
         units = perturber.units
@@ -203,21 +204,14 @@ def score_method(method: Method, testbed: Testbed, device: torch.device) -> dict
         eraser = comprehensiveness_sufficiency(perturber, relevance)
         values["comprehensiveness"].append(eraser["comprehensiveness"])
         values["sufficiency"].append(eraser["sufficiency"])
-    result = {name: _nanmean(torch.cat(parts)) for name, parts in values.items()}
+    result = {name: nanmean(torch.cat(parts)) for name, parts in values.items()}
     result["seconds_per_explanation"] = seconds / max(samples, 1)
     result["explains"] = method.explains  # type: ignore[assignment]
     return result
 
 
-def _nanmean(values: Tensor) -> float:
-    values = values.double()
-    values = values[~values.isnan()]
-    return float(values.mean()) if values.numel() else float("nan")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _append_result(results: list[Tensor], run: Callable[[], Tensor]) -> None:
+    results.append(run())
 
 
 def claims(results: dict[str, dict[str, Any]], modality: str) -> dict[str, Any]:

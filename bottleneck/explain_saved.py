@@ -18,7 +18,7 @@ import torch
 
 from .errors import BottleneckError
 from .io import load, read_config
-from .metrics import precision_at_k, segment_auroc
+from .metrics import nanmean, precision_at_k, segment_auroc
 from .plugins import demos
 from .train import _to
 
@@ -66,8 +66,8 @@ def explain_saved(mask_path: Path, out_dir: Path, *, device: str = "cpu", batche
         "modality": testbed.modality,
         "model": testbed.model_name,
         "samples": samples,
-        "gt_auroc": float(auroc[~auroc.isnan()].mean()),
-        "precision_at_k": float(precision[~precision.isnan()].mean()),
+        "gt_auroc": nanmean(auroc),
+        "precision_at_k": nanmean(precision),
         "keep_rate": kept / max(units_total, 1),
         "seconds_per_explanation": seconds / max(samples, 1),
         "renders": renders,

@@ -69,11 +69,16 @@ def segment_auroc(scores: Tensor, labels: Tensor, batch: Tensor | None = None, n
     return torch.where((positives > 0) & (negatives > 0), auroc, torch.full_like(auroc, float("nan")))
 
 
-def mean_auroc(scores: Tensor, labels: Tensor, batch: Tensor | None = None, num_samples: int | None = None) -> float:
-    """Mean of :func:`segment_auroc` over samples that have both classes."""
-    values = segment_auroc(scores, labels, batch, num_samples)
+def nanmean(values: Tensor) -> float:
+    """Mean of the per-sample ``values`` that are not NaN (NaN when none is)."""
+    values = values.double()
     values = values[~values.isnan()]
     return float(values.mean()) if values.numel() else float("nan")
+
+
+def mean_auroc(scores: Tensor, labels: Tensor, batch: Tensor | None = None, num_samples: int | None = None) -> float:
+    """Mean of :func:`segment_auroc` over samples that have both classes."""
+    return nanmean(segment_auroc(scores, labels, batch, num_samples))
 
 
 def precision_at_k(scores: Tensor, labels: Tensor, batch: Tensor | None = None, num_samples: int | None = None) -> Tensor:

@@ -192,16 +192,8 @@ def run(
     return report
 
 
-def prepare_testbed(**options: Any) -> Any:
-    """The image :class:`~bottleneck.testbed.Testbed` (imported lazily: it builds on this module)."""
-    from .testbed import prepare
-
-    return prepare(**options)
-
-
 DEMO = Demo(
     name="image",
-    testbed=prepare_testbed,
     run=run,
     help="a CNN or tiny ViT on embedded images (planted patterns or 8x8 digits): plain vs jointly masked",
     options={

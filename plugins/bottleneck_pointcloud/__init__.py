@@ -9,6 +9,7 @@ DGCNN, an embedded procedural dataset with ground truth, a renderer and the
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bottleneck.hookspecs import hookimpl
@@ -31,8 +32,9 @@ def bottleneck_register_modalities(register: Callable[[Modality], None]) -> None
 @hookimpl
 def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
     from .demo import DEMO
+    from .testbed import prepare  # builds on the demo module, so it is attached here
 
-    register(DEMO)
+    register(replace(DEMO, testbed=prepare))
 
 
 @hookimpl

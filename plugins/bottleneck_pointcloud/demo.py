@@ -123,16 +123,8 @@ def run(
     return report
 
 
-def prepare_testbed(**options: Any) -> Any:
-    """The pointcloud :class:`~bottleneck.testbed.Testbed` (imported lazily: it builds on this module)."""
-    from .testbed import prepare
-
-    return prepare(**options)
-
-
 DEMO = Demo(
     name="pointcloud",
-    testbed=prepare_testbed,
     run=run,
     help="PointNet on embedded procedural shapes: plain vs jointly masked",
     options={

@@ -163,16 +163,8 @@ def run(
     return report
 
 
-def prepare_testbed(**options: Any) -> Any:
-    """The text :class:`~bottleneck.testbed.Testbed` (imported lazily: it builds on this module)."""
-    from .testbed import prepare
-
-    return prepare(**options)
-
-
 DEMO = Demo(
     name="text",
-    testbed=prepare_testbed,
     run=run,
     help="a BiLSTM or small BERT on an embedded planted-word corpus: plain vs jointly masked",
     options={
