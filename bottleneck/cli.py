@@ -1,4 +1,4 @@
-"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain`` and ``explain``."""
+"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain``, ``explain`` and ``audit``."""
 
 from __future__ import annotations
 
@@ -38,18 +38,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _testbed_provider(modality: str) -> Any:
+def _provider(modality: str, what: str) -> Any:
+    """A modality's demo attribute ``what`` (``testbed`` or ``audit``), or an error naming those installed."""
     items = demos()
-    if modality not in items or items[modality].testbed is None:
-        known = sorted(name for name, item in items.items() if item.testbed is not None)
-        raise BottleneckError(f"no benchmark testbed for modality {modality!r}; installed: {known}")
-    return items[modality].testbed
+    if modality not in items or getattr(items[modality], what) is None:
+        known = sorted(name for name, item in items.items() if getattr(item, what) is not None)
+        kind = "benchmark testbed" if what == "testbed" else "audit setting"
+        raise BottleneckError(f"no {kind} for modality {modality!r}; installed: {known}")
+    return getattr(items[modality], what)
 
 
 def _bench_explain(args: argparse.Namespace) -> int:
     from .evidence import markdown_table, run_benchmark
 
-    testbed = _testbed_provider(args.modality)(quick=args.quick, seed=args.seed)
+    testbed = _provider(args.modality, "testbed")(quick=args.quick, seed=args.seed)
     out = Path(args.out) if args.out else None
     report = run_benchmark(testbed, device=args.device, progress=not args.no_progress, seed=args.seed, out_dir=out)
     command = "bottleneck " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
@@ -71,6 +73,20 @@ def _explain(args: argparse.Namespace) -> int:
     report = explain_saved(Path(args.mask), Path(args.out), device=args.device, batches=args.batches)
     print(json.dumps({k: v for k, v in report.items() if k != "renders"}, indent=2))
     print(f"wrote {len(report['renders'])} renders and {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit_run import markdown, run_audit
+
+    prepare = _provider(args.modality, "audit")
+    options = {"cue": args.cue} if args.cue else {}
+    setting = prepare(quick=args.quick, seed=args.seed, correlation=args.correlation, **options)
+    command = "bottleneck " + " ".join(sys.argv[1:])
+    report = run_audit(setting, Path(args.out), mitigation=args.mitigation, device=args.device, seed=args.seed,
+                       progress=not args.no_progress, command=command)
+    print(markdown(report, command))
+    print(f"wrote {Path(args.out) / 'report.json'}, {Path(args.out) / 'report.md'} and each model's report")
     return 0
 
 
@@ -112,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     explain.add_argument("--batches", type=int, default=1, help="test batches to render (all are scored)")
     explain.set_defaults(func=_explain)
+
+    audit = commands.add_parser(
+        "audit", help="train plain, masked and mitigated models on cue-biased data; audit and compare them")
+    audit.add_argument("--modality", required=True, help="pointcloud, image or text")
+    audit.add_argument("--out", required=True, help="output directory")
+    audit.add_argument("--cue", help="registered cue name (default: the modality's first; see `bottleneck plugins`)")
+    audit.add_argument("--correlation", type=float, default=0.95, help="how often the training cue matches the label")
+    audit.add_argument("--mitigation", choices=["mask", "reweight"], default="mask",
+                       help="penalise the mask on cue units, or reweight groups")
+    audit.add_argument("--quick", action="store_true", help="small setting, under 5 minutes on a CPU")
+    audit.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--no-progress", action="store_true", help="no progress bars")
+    audit.set_defaults(func=_audit)
     return parser
 
 

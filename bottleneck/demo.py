@@ -39,6 +39,7 @@ class Demo:
     :param help: one line for ``bottleneck demo --help``.
     :param options: extra command-line options, ``{name: (type, default, help)}``.
     :param testbed: builds the modality's :class:`~bottleneck.testbed.Testbed` for benchmarks.
+    :param audit: builds the modality's :class:`~bottleneck.cue_setting.CueSetting` for ``bottleneck audit``.
     """
 
     name: str
@@ -47,6 +48,8 @@ class Demo:
     options: dict[str, tuple[type, Any, str]] = field(default_factory=dict)
     #: ``prepare(quick=..., seed=...) -> Testbed`` for ``bottleneck bench explain`` (optional).
     testbed: Callable[..., Any] | None = None
+    #: ``prepare_audit(cue=..., quick=..., seed=..., correlation=...) -> CueSetting`` (optional).
+    audit: Callable[..., Any] | None = None
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:

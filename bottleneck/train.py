@@ -26,10 +26,13 @@ Batch = Any
 
 
 def split_batch(batch: Batch) -> tuple[Any, Tensor | None]:
-    """``(inputs, targets)`` from a loader batch: a ``(inputs, targets)`` pair or an object with ``.y``."""
+    """``(inputs, targets)`` from a loader batch: a ``(inputs, targets)`` pair or an object with ``.y``.
+
+    A third item (``(inputs, targets, extra)``, e.g. cue flags for a penalty) is left to ``fit``'s ``penalty``.
+    """
     if isinstance(batch, (tuple, list)):
-        if len(batch) != 2:
-            raise BottleneckError(f"a batch tuple must be (inputs, targets) (got {len(batch)} items)")
+        if len(batch) not in (2, 3):
+            raise BottleneckError(f"a batch tuple must be (inputs, targets[, extra]) (got {len(batch)} items)")
         return batch[0], batch[1]
     if isinstance(batch, dict) and "labels" in batch:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -42,6 +45,8 @@ def _to(value: Any, device: torch.device) -> Any:
         return value.to(device)
     if isinstance(value, dict):
         return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
     return value
 
 
@@ -75,6 +80,7 @@ def fit(
     progress: bool = True,
     description: str = "train",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    penalty: Callable[[Any, Any], Tensor] | None = None,
 ) -> History:
     """Train ``model`` on ``data`` (a re-iterable loader of batches).
 
@@ -84,6 +90,8 @@ def fit(
     :param loss_fn: task loss on ``(logits, targets)``; unused in explain mode.
     :param device: move the model and each batch there (default: the model's device).
     :param on_epoch: called with ``(epoch, means)`` after each epoch.
+    :param penalty: ``penalty(output, batch) -> scalar`` added to the loss each step (e.g.
+        :class:`~bottleneck.mitigation.CueGatePenalty`); logged as ``penalty``.
     """
     if epochs < 1:
         raise BottleneckError(f"epochs must be >= 1 (got {epochs})")
@@ -107,7 +115,8 @@ def fit(
         bar = tqdm(data, total=num_batches, desc=f"{description} {epoch + 1}/{epochs}",
                    disable=None if progress else True, leave=False, dynamic_ncols=True)
         for batch in bar:
-            inputs, targets = split_batch(_to(batch, device))
+            batch = _to(batch, device)
+            inputs, targets = split_batch(batch)
             if masked is not None:
                 masked.mask.anneal(min(step / max(total_steps - 1, 1), 1.0))
             result = call_model(model, inputs)
@@ -123,6 +132,10 @@ def fit(
                 task = loss_fn(_logits_of(result), _target(targets))
                 loss = task
                 logged["task"] = task.detach()
+            if penalty is not None:
+                extra = penalty(result, batch)
+                loss = loss + extra
+                logged["penalty"] = extra.detach()
             if not torch.isfinite(loss):
                 raise BottleneckError(f"training loss became {float(loss)} at epoch {epoch + 1}, step {step}")
             if optimizer is None:  # after the first call, so lazily sized layers exist
@@ -140,7 +153,7 @@ def fit(
             count += 1
             for key, value in logged.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-            bar.set_postfix({k: f"{sums[k] / count:.3g}" for k in ("loss", "task", "keep_rate", "multiplier", "faithfulness", "kl_multiplier") if k in sums})
+            bar.set_postfix({k: f"{sums[k] / count:.3g}" for k in ("loss", "task", "penalty", "keep_rate", "multiplier", "faithfulness", "kl_multiplier") if k in sums})
         means = {k: v / max(count, 1) for k, v in sums.items()}
         history.epochs.append(means)
         if progress:

@@ -34,7 +34,9 @@ def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
     from .demo import DEMO
     from .testbed import prepare  # builds on the demo module, so it is attached here
 
-    register(replace(DEMO, testbed=prepare))
+    from .audit import prepare_audit
+
+    register(replace(DEMO, testbed=prepare, audit=prepare_audit))
 
 
 @hookimpl
