@@ -6,7 +6,9 @@ same seed and for the same epochs,
 * ``plain`` — the model alone (audited with Integrated Gradients);
 * ``masked`` — the model jointly with a mask (PointMask's setting; audited with its mask);
 * ``mitigated`` — the same with a mitigation: ``"mask"`` adds
-  :class:`~bottleneck.mitigation.CueGatePenalty` on the annotated cue units,
+  :class:`~bottleneck.mitigation.CueGatePenalty` on the annotated cue units and
+  scores each unit without the pooled context (``context=False``: otherwise the
+  model learns to read the shut cue from the gates of the other units),
   ``"reweight"`` draws training samples with group-balancing weights;
 
 then audits all three on decorrelated test data and writes ``DIR/report.json``
@@ -52,9 +54,13 @@ def train_models(setting: CueSetting, *, mitigation: str = "mask", device: str =
         torch.manual_seed(seed)  # the same initial weights for all three
         model = setting.make_model()
         penalty = None
+        penalise = name == "mitigated" and mitigation == "mask"
         if name != "plain":
-            model = attach(model, setting.modality, keep=setting.keep, **setting.joint_options)
-        if name == "mitigated" and mitigation == "mask":
+            # the penalised mask scores each unit on its own, so the cue it shuts cannot leak
+            # to the model through the gates of other units (EquivariantScorer's context)
+            options = {**setting.joint_options, **({"context": False} if penalise else {})}
+            model = attach(model, setting.modality, keep=setting.keep, **options)
+        if penalise:
             penalty = CueGatePenalty(model, setting.test.unit_flags, setting.penalty_weight)
         loader = setting.loader(reweight=name == "mitigated" and mitigation == "reweight", seed=seed)
         start = time.perf_counter()

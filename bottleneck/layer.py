@@ -65,6 +65,8 @@ class MaskLayer(nn.Module):
         model must learn the task before the mask can learn what the task needs; with a
         tight budget from step 0 neither gets a signal (the image demo uses 0.3).
     :param in_features: unit feature size, or ``None`` to infer on first call.
+    :param context: give the scorer each sample's pooled context (see
+        :class:`~bottleneck.scorer.EquivariantScorer`); ``False`` scores every unit on its own.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class MaskLayer(nn.Module):
         logit_bound: float = 6.0,
         keep_warmup: float = 0.0,
         in_features: int | None = None,
+        context: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0.0 < keep <= 1.0:
@@ -98,7 +101,7 @@ class MaskLayer(nn.Module):
         self.keep = float(keep)
         self.rate_weight = gate.default_rate_weight if rate_weight is None else float(rate_weight)
         self.smooth_weight = float(smooth_weight)
-        self.scorer = EquivariantScorer(hidden, gate.params_per_unit, in_features)
+        self.scorer = EquivariantScorer(hidden, gate.params_per_unit, in_features, context=context)
         self.scorer.set_output_bias(gate.init_bias(init_open))
         self.constraint = KeepRateConstraint(keep, constraint_step, constraint, constraint_damping)
         if logit_bound <= 0:

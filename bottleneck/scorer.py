@@ -21,14 +21,23 @@ class EquivariantScorer(nn.Module):
     :param hidden: width of both MLPs.
     :param out_features: logits per unit (1, or 2 for gates that predict a scale).
     :param in_features: unit feature size, or ``None`` to infer it on the first call.
+    :param context: concatenate the pooled per-sample context. Without it each unit's
+        logit depends on that unit alone, so a unit the mask shuts cannot change any
+        other unit's gate: the gate pattern carries no information about what was shut
+        (a jointly trained model can otherwise read a hidden cue from which *other*
+        units stay open; this is how a bias mitigation keeps the cue out of sight).
     """
 
-    def __init__(self, hidden: int = 64, out_features: int = 1, in_features: int | None = None) -> None:
+    def __init__(
+        self, hidden: int = 64, out_features: int = 1, in_features: int | None = None, *, context: bool = True
+    ) -> None:
         super().__init__()
         first = nn.Linear(in_features, hidden) if in_features else nn.LazyLinear(hidden)
         self.hidden, self.out_features, self.in_features = hidden, out_features, in_features
+        self.context = bool(context)
         self.encode = nn.Sequential(first, nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.head = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+        width = 3 * hidden if self.context else hidden
+        self.head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
 
     def set_output_bias(self, bias: list[float]) -> None:
         """Initialise the final bias (so gates start at a chosen open probability)."""
@@ -38,8 +47,11 @@ class EquivariantScorer(nn.Module):
 
     def forward(self, x: Tensor, batch: Tensor, num_samples: int) -> Tensor:
         h = self.encode(x)
+        if not self.context:
+            return self.head(h)
         context = torch.cat([segment_max(h, batch, num_samples), segment_mean(h, batch, num_samples)], -1)
         return self.head(torch.cat([h, context[batch]], dim=-1))
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}"
+        return (f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}, "
+                f"context={self.context}")

@@ -34,10 +34,9 @@ def bottleneck_register_modalities(register: Callable[[Modality], None]) -> None
 
 @hookimpl
 def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
+    from .audit import prepare_audit
     from .demo import DEMO
     from .testbed import prepare  # builds on the demo module, so it is attached here
-
-    from .audit import prepare_audit
 
     register(replace(DEMO, testbed=prepare, audit=prepare_audit))
 
