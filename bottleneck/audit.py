@@ -215,7 +215,7 @@ def audit(
     relevance = _relevance_method(masked, method, seed)
     predicted = probabilities["decorrelated"].argmax(-1)  # relevance explains what the model decided
     shares, areas, start = [], [], 0
-    for inputs, targets, flags in batches["decorrelated"]:
+    for inputs, _, flags in batches["decorrelated"]:
         inputs = _to(inputs, device)
         adapter = masked.adapter(inputs)
         units = adapter.to_units(inputs, with_graph=False)

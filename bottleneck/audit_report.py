@@ -188,27 +188,27 @@ class AuditReport:
         return save_figure(fig, path)
 
     def plot_relevance(self, path: Path) -> Path:
-        """Per-sample relevance share against area share, and the counterfactual accuracies."""
+        """Histogram of per-sample relevance share on the cue against its area share; counterfactual accuracies."""
         plt = pyplot("plotting audit relevance")
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-        area, share = self.area_share.numpy(), self.relevance_share.numpy()
-        left.scatter(area, share, s=10, alpha=0.6, color="#e45756")
-        top = max(float(area.max(initial=0)), 1e-3) * LEAN_THRESHOLD * 1.5
-        line = [0, min(top, 1.0)]
-        left.plot(line, line, color="grey", lw=1, label="share = area")
-        left.plot(line, [LEAN_THRESHOLD * v for v in line], color="grey", lw=1, ls="--",
-                  label=f"share = {LEAN_THRESHOLD:g} x area")
-        left.set_xlabel("cue area share")
-        left.set_ylabel("cue relevance share")
-        left.set_ylim(0, 1.02)
+        share = self.relevance_share[~self.relevance_share.isnan()].numpy()
+        area = self.cue_area_share
+        left.hist(share, bins=20, range=(0.0, 1.0), color="#e45756", alpha=0.8, label="samples")
+        left.axvline(area, color="grey", lw=1.5, label=f"area share {area:.3f}")
+        left.axvline(min(LEAN_THRESHOLD * area, 1.0), color="grey", lw=1.5, ls="--",
+                     label=f"{LEAN_THRESHOLD:g} x area (flag)")
+        left.axvline(self.cue_relevance_share, color="black", lw=1.5, label=f"mean {self.cue_relevance_share:.3f}")
+        left.set_xlabel("share of the sample's relevance on cue units")
+        left.set_ylabel("samples")
         left.legend(fontsize=8)
-        left.set_title(f"relevance on the cue ({self.method})")
+        left.set_title(f"relevance on the cue ({self.method})", fontsize=10)
         keys = ("present", "removed", "swapped", "decorrelated")
         right.bar(range(len(keys)), [self.accuracy[k] for k in keys], color=["#54a24b", "#bab0ac", "#e45756", "#4c78a8"])
-        right.set_xticks(range(len(keys)), [f"cue {k}" for k in keys], fontsize=8)
+        right.set_xticks(range(len(keys)), list(keys), fontsize=8)
         right.set_ylim(0, 1.05)
-        right.set_title("accuracy under counterfactuals")
-        fig.suptitle(f"{self.name}: {self.cue}")
+        right.set_ylabel("accuracy")
+        right.set_title("accuracy with the cue ...", fontsize=10)
+        fig.suptitle(f"{self.name}: {self.cue}", y=1.03)
         return save_figure(fig, path)
 
     def save(self, out_dir: str | Path) -> list[Path]:

@@ -83,3 +83,16 @@ def test_cli_audit_refuses_unknown_modalities_and_cues(capsys) -> None:
     assert "no audit setting for modality 'audio'" in capsys.readouterr().err
     with pytest.raises(BottleneckError, match="unknown cue 'cluster' for modality 'image'"):
         setting("image", cue="cluster")
+
+
+@pytest.mark.slow
+def test_quick_text_audit_flags_the_cue_and_mitigation_lifts_the_worst_group(tmp_path: Path) -> None:
+    """The issue's must-show on the text setting, re-measured: ``bottleneck audit --modality text --quick``."""
+    assert main(["audit", "--modality", "text", "--out", str(tmp_path), "--quick", "--no-progress"]) == 0
+    values = json.loads((tmp_path / "report.json").read_text())
+    plain, claims = values["plain"], values["claims"]
+    assert plain["cue_relevance_share"] >= 3 * plain["cue_area_share"]
+    assert plain["accuracy_cue_present"] - plain["accuracy_cue_swapped"] >= 0.10
+    assert claims["worst_group_gain_mitigated_over_plain"] >= 0.10
+    assert values["mitigated"]["cue_relevance_share"] < plain["cue_relevance_share"]
+    assert values["seconds"] < 300  # --quick: under 5 minutes

@@ -27,7 +27,7 @@ from .models import PointNet
 
 #: (quick, full) sizes.
 SIZES: dict[bool, dict[str, int]] = {
-    True: {"train_size": 1000, "test_size": 256, "epochs": 10},
+    True: {"train_size": 1000, "test_size": 256, "epochs": 20},
     False: {"train_size": 2000, "test_size": 1000, "epochs": 16},
 }
 BATCH_SIZE = 32
