@@ -7,6 +7,8 @@ cheaper by removing dropped units, and feeds bias audits.
 
 from __future__ import annotations
 
+from .audit_report import AuditReport
+from .bias_audit import AuditData, audit
 from .errors import BottleneckError, FaithfulnessWarning
 from .explanation import Explanation
 from .gates import Gate
@@ -22,6 +24,8 @@ from .wrap import MaskedModel, MaskedOutput, SparseOutput, attach
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditData",
+    "AuditReport",
     "BottleneckError",
     "FaithfulnessWarning",
     "Explanation",
@@ -34,6 +38,7 @@ __all__ = [
     "SparseOutput",
     "Units",
     "attach",
+    "audit",
     "evaluate",
     "fit",
     "get_plugin_manager",

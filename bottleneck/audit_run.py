@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from .audit import audit
 from .audit_report import LEAN_THRESHOLD, SWAP_DROP_THRESHOLD, AuditReport
+from .bias_audit import audit
 from .cue_setting import CueSetting
 from .errors import BottleneckError
 from .mitigation import CueGatePenalty

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .audit import AuditData, FlaggedBatch, default_groups
+from .bias_audit import AuditData, FlaggedBatch, default_groups
 from .cues import Cue, CueAssignment
 from .errors import BottleneckError
 from .mitigation import FlaggedBatches, group_weights

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 import bottleneck
-from bottleneck.audit import AuditData, audit, default_groups
+from bottleneck.bias_audit import AuditData, audit, default_groups
 from bottleneck.cues import CueAssignment
 from bottleneck.errors import BottleneckError
 from bottleneck.mitigation import CueGatePenalty, FlaggedBatches, group_weights

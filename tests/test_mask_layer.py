@@ -26,3 +26,22 @@ def test_without_warm_up_the_target_is_keep_from_the_start() -> None:
 def test_warm_up_must_be_a_fraction() -> None:
     with pytest.raises(BottleneckError, match=r"keep_warmup must be a fraction in \[0, 1\)"):
         MaskLayer("hard_concrete", keep=0.3, keep_warmup=1.5)
+
+
+@pytest.mark.parametrize("context", [True, False])
+def test_without_context_a_unit_cannot_change_another_units_logit(context: bool) -> None:
+    import torch
+
+    from bottleneck.scorer import EquivariantScorer
+
+    torch.manual_seed(0)
+    scorer = EquivariantScorer(16, in_features=4, context=context)
+    x = torch.randn(6, 4)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    changed = x.clone()
+    changed[0] += 5.0  # a cue unit with different content
+    before, after = scorer(x, batch, 2), scorer(changed, batch, 2)
+    assert not torch.allclose(before[0], after[0])
+    assert torch.equal(before[3:], after[3:])  # another sample: never affected
+    assert torch.allclose(before[1:3], after[1:3]) is (not context)
+    assert ("context=False" in repr(scorer)) is (not context)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from bottleneck.audit import AuditData, FlaggedBatch
+from bottleneck.bias_audit import AuditData, FlaggedBatch
 from bottleneck.cue_setting import CueSetting
 from bottleneck.cues import Cue, Planted, assign_cues
 from bottleneck.explanation import Explanation

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bottleneck.audit import AuditData, FlaggedBatch
+from bottleneck.bias_audit import AuditData, FlaggedBatch
 from bottleneck.cue_setting import CueSetting
 from bottleneck.cues import Cue, Planted, assign_cues
 from bottleneck.explanation import Explanation

@@ -1,4 +1,4 @@
-"""``bottleneck.audit``: how much a model leans on a bias cue, measured three ways.
+"""``bottleneck.audit`` (this module is ``bottleneck.bias_audit``): how much a model leans on a bias cue, measured three ways.
 
 Given a model, clean test data and a :class:`~bottleneck.cues.Cue`, the audit
 
