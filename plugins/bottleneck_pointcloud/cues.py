@@ -39,7 +39,7 @@ class PointCluster(Cue):
     name = "cluster"
     modality = "pointcloud"
 
-    def __init__(self, size: int = 8, distance: float = 1.2, spread: float = 0.05, seed: int = 0) -> None:
+    def __init__(self, size: int = 8, distance: float = 1.5, spread: float = 0.05, seed: int = 0) -> None:
         if not isinstance(size, int) or size < 1:
             raise BottleneckError(f"size must be a positive number of points (got {size!r})")
         if distance < 0 or spread <= 0:
