@@ -7,8 +7,9 @@ same seed and for the same epochs,
 * ``masked`` — the model jointly with a mask (PointMask's setting; audited with its mask);
 * ``mitigated`` — the same with a mitigation: ``"mask"`` adds
   :class:`~bottleneck.mitigation.CueGatePenalty` on the annotated cue units and
-  scores each unit without the pooled context (``context=False``: otherwise the
-  model learns to read the shut cue from the gates of the other units),
+  scores each unit without the pooled context (``context=False``, the setting's
+  ``mitigation_options``: otherwise the model learns to read the shut cue from the
+  gates of the other units),
   ``"reweight"`` draws training samples with group-balancing weights;
 
 then audits all three on decorrelated test data and writes ``DIR/report.json``
@@ -57,8 +58,8 @@ def train_models(setting: CueSetting, *, mitigation: str = "mask", device: str =
         penalise = name == "mitigated" and mitigation == "mask"
         if name != "plain":
             # the penalised mask scores each unit on its own, so the cue it shuts cannot leak
-            # to the model through the gates of other units (EquivariantScorer's context)
-            options = {**setting.joint_options, **({"context": False} if penalise else {})}
+            # to the model through the gates of other units (see CueSetting.mitigation_options)
+            options = {**setting.joint_options, **(setting.mitigation_options if penalise else {})}
             model = attach(model, setting.modality, keep=setting.keep, **options)
         if penalise:
             penalty = CueGatePenalty(model, setting.test.unit_flags, setting.penalty_weight)

@@ -41,6 +41,10 @@ class CueSetting:
     :param keep: keep target of the jointly masked models.
     :param joint_options: extra :func:`~bottleneck.attach` options of the masked models.
     :param penalty_weight: strength of :class:`~bottleneck.mitigation.CueGatePenalty`.
+    :param mitigation_options: :func:`~bottleneck.attach` options of the penalised mask, on top of
+        ``joint_options``. The default scores each unit on its own (``context=False``), so the
+        cue it shuts cannot reach the model through the gates of other units; a modality whose
+        unit features mix units (point clouds centre on the centroid) switches that off too.
     :param settings: what rebuilds this setting (``quick``, ``seed``, sizes), for reports.
     """
 
@@ -58,6 +62,7 @@ class CueSetting:
     keep: float = 0.3
     joint_options: dict[str, Any] = field(default_factory=dict)
     penalty_weight: float = 5.0
+    mitigation_options: dict[str, Any] = field(default_factory=lambda: {"context": False})
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -229,3 +229,20 @@ def test_explain_mode_freezes_the_model() -> None:
     out.ib_loss.backward()
     assert all(p.grad is None for p in net.parameters())
     assert any(p.grad is not None for p in masked.mask.parameters())
+
+
+def test_raw_coordinate_features_do_not_move_when_points_are_added() -> None:
+    import torch
+    from torch_geometric.data import Data
+
+    from bottleneck.errors import BottleneckError
+    from bottleneck_pointcloud.adapter import PointCloudModality
+
+    cloud = Data(pos=torch.randn(20, 3))
+    grown = Data(pos=torch.cat([cloud.pos, torch.full((4, 3), 3.0)]))  # a cluster far out
+    centred, raw = PointCloudModality(), PointCloudModality().configure(torch.nn.Linear(3, 2), normalise=False)
+    assert torch.equal(raw.to_units(grown, with_graph=False).x[:20], cloud.pos)
+    moved = centred.to_units(grown, with_graph=False).x[:20] - centred.to_units(cloud, with_graph=False).x
+    assert moved.abs().max() > 0.1  # centring on the centroid lets the extra points shift every feature
+    with pytest.raises(BottleneckError, match="point-cloud modality options are \\['normalise'\\]"):
+        PointCloudModality().configure(torch.nn.Linear(3, 2), centre=False)

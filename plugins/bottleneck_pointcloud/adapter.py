@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch_geometric.data.data import BaseData
 from torch_geometric.utils import to_dense_batch
 
@@ -96,6 +96,19 @@ class PointCloudModality(Modality):
     name = "pointcloud"
     baselines = ("remove", "centroid", "zero")
 
+    def __init__(self, normalise: bool = True) -> None:
+        #: scorer features are each cloud's points centred on its centroid and scaled by its
+        #: radius; with ``normalise=False`` they are the raw coordinates, so one point's
+        #: features do not depend on the others (needed where added points, such as a bias
+        #: cue, must not shift every other point's features and through them its gate)
+        self.normalise = bool(normalise)
+
+    def configure(self, model: nn.Module, **options: Any) -> PointCloudModality:
+        unknown = sorted(set(options) - {"normalise"})
+        if unknown:
+            raise BottleneckError(f"point-cloud modality options are ['normalise'] (got unknown {unknown})")
+        return PointCloudModality(**options) if options else self
+
     def accepts(self, inputs: Any) -> bool:
         if isinstance(inputs, BaseData):
             return getattr(inputs, "pos", None) is not None
@@ -140,7 +153,7 @@ class PointCloudModality(Modality):
         centroid = segment_mean(pos.detach(), batch, num_samples)
         centred = pos.detach() - centroid[batch]
         radius = segment_mean(centred.pow(2).sum(-1), batch, num_samples).sqrt().clamp(min=1e-6)
-        features = centred / radius[batch, None]
+        features = centred / radius[batch, None] if self.normalise else pos.detach()
         if extra is not None:
             features = torch.cat([features, extra.detach().to(features.dtype)], dim=-1)
         edge_index = knn_graph(pos.detach(), GRAPH_K, batch) if with_graph else None

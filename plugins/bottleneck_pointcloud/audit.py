@@ -80,5 +80,7 @@ def prepare_audit(*, cue: str | Cue = "cluster", quick: bool = False, seed: int 
         modality="pointcloud", model_name="PointNet", make_model=lambda: PointNet(NUM_CLASSES), cue=cue,
         correlation=correlation, train_batches=train_batches, train_assignment=assignment, test=test,
         epochs=sizes["epochs"], lr=LEARNING_RATE, batch_size=BATCH_SIZE, keep=0.3,
+        # raw coordinates for the penalised scorer: centred ones move with the cue's points
+        mitigation_options={"context": False, "normalise": False},
         settings={"quick": quick, "seed": seed, "cue": cue.name, "correlation": correlation, **sizes},
     )
