@@ -80,7 +80,9 @@ def prepare_audit(*, cue: str | Cue = "cluster", quick: bool = False, seed: int 
         modality="pointcloud", model_name="PointNet", make_model=lambda: PointNet(NUM_CLASSES), cue=cue,
         correlation=correlation, train_batches=train_batches, train_assignment=assignment, test=test,
         epochs=sizes["epochs"], lr=LEARNING_RATE, batch_size=BATCH_SIZE, keep=0.3,
-        # raw coordinates for the penalised scorer: centred ones move with the cue's points
-        mitigation_options={"context": False, "normalise": False},
+        # nothing of the shut cue may reach the model through other points: the scorer reads raw
+        # coordinates (centred ones move with the cue's points), and closed points go to the
+        # origin ("zero"), not to the centroid, which the cue's points pull towards their class
+        mitigation_options={"context": False, "normalise": False, "baseline": "zero"},
         settings={"quick": quick, "seed": seed, "cue": cue.name, "correlation": correlation, **sizes},
     )
