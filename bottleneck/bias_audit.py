@@ -247,12 +247,13 @@ def audit(
     def render(out_dir: Path) -> list[Path]:
         if data.render is None or not examples:
             return []
+        # each example is drawn with its own class's cue, the setting whose swap costs it the most
         chosen = torch.tensor([e.index for e in examples])
         subset = data.select(data.clean, chosen)
-        shown = CueAssignment(settings["decorrelated"].present[chosen],
-                                       settings["decorrelated"].variant[chosen], labels[chosen])
+        present = settings["present"]
+        shown = CueAssignment(present.present[chosen], present.variant[chosen], labels[chosen])
         files, start = [], 0
-        targets = predicted[chosen]
+        targets = probabilities["present"].argmax(-1)[chosen]
         for part, (inputs, _, flags) in enumerate(data.encode(cue.plant(subset, shown, num_classes), labels[chosen])):
             inputs = _to(inputs, device)
             adapter = masked.adapter(inputs)
