@@ -22,7 +22,7 @@ writes ``report.json``, ``report.md`` and pictures.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,21 @@ def _relevance_method(masked: MaskedModel, method: str, seed: int) -> Callable[[
     return lambda inputs, target: function(masked, inputs, target).abs()
 
 
+def _relevance_per_batch(
+    masked: MaskedModel, relevance: Callable[[Any, Tensor], Tensor], batches: Sequence[FlaggedBatch],
+    targets: Tensor, device: torch.device,
+) -> Iterator[tuple[Any, Units, Modality, Tensor, Tensor]]:
+    """``(inputs, units, adapter, [N] relevance, flags)`` per batch, each sample explained for its ``targets`` row."""
+    start = 0
+    for inputs, _, flags in batches:
+        inputs = _to(inputs, device)
+        adapter = masked.adapter(inputs)
+        units = adapter.to_units(inputs, with_graph=False)
+        target = targets[start:start + units.num_samples].to(device)
+        start += units.num_samples
+        yield inputs, units, adapter, relevance(inputs, target).detach().float(), flags
+
+
 def _wrapper(model: nn.Module, data: AuditData, method: str) -> MaskedModel:
     if isinstance(model, MaskedModel):
         return model
@@ -214,14 +229,9 @@ def audit(
 
     relevance = _relevance_method(masked, method, seed)
     predicted = probabilities["decorrelated"].argmax(-1)  # relevance explains what the model decided
-    shares, areas, start = [], [], 0
-    for inputs, _, flags in batches["decorrelated"]:
-        inputs = _to(inputs, device)
-        adapter = masked.adapter(inputs)
-        units = adapter.to_units(inputs, with_graph=False)
-        target = predicted[start:start + units.num_samples].to(device)
-        start += units.num_samples
-        values = relevance(inputs, target).detach().float()
+    shares, areas = [], []
+    for _, units, adapter, values, flags in _relevance_per_batch(masked, relevance, batches["decorrelated"],
+                                                                  predicted, device):
         per_unit = data.flags_of(flags, units, adapter)
         share, area = relevance_share(values.clamp(min=0), per_unit, units.batch, units.num_samples)
         shares.append(share.cpu())
@@ -252,15 +262,13 @@ def audit(
         subset = data.select(data.clean, chosen)
         present = settings["present"]
         shown = CueAssignment(present.present[chosen], present.variant[chosen], labels[chosen])
-        files, start = [], 0
+        files = []
+        planted = data.encode(cue.plant(subset, shown, num_classes), labels[chosen])
         targets = probabilities["present"].argmax(-1)[chosen]
-        for part, (inputs, _, flags) in enumerate(data.encode(cue.plant(subset, shown, num_classes), labels[chosen])):
-            inputs = _to(inputs, device)
-            adapter = masked.adapter(inputs)
-            units = adapter.to_units(inputs, with_graph=False)
-            target = targets[start:start + units.num_samples].to(device)
-            start += units.num_samples
-            values = relevance(inputs, target).detach().float().clamp(min=0)
+        for part, (inputs, units, adapter, values, flags) in enumerate(
+            _relevance_per_batch(masked, relevance, planted, targets, device)
+        ):
+            values = values.clamp(min=0)
             peak = segment_max(values, units.batch, units.num_samples).clamp(min=1e-12)
             scaled = values / peak[units.batch]  # each sample's relevance in [0, 1], for the picture
             explanation = Explanation(scaled, scaled, units, inputs, adapter)
