@@ -1,4 +1,4 @@
-"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain``, ``explain`` and ``audit``."""
+"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain|speed``, ``explain`` and ``audit``."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _provider(modality: str, what: str) -> Any:
     items = demos()
     if modality not in items or getattr(items[modality], what) is None:
         known = sorted(name for name, item in items.items() if getattr(item, what) is not None)
-        kind = "benchmark testbed" if what == "testbed" else "audit setting"
+        kind = {"testbed": "benchmark testbed", "audit": "audit setting", "speed": "speed benchmark"}[what]
         raise BottleneckError(f"no {kind} for modality {modality!r}; installed: {known}")
     return getattr(items[modality], what)
 
@@ -56,7 +56,11 @@ def _bench_explain(args: argparse.Namespace) -> int:
     report = run_benchmark(testbed, device=args.device, progress=not args.no_progress, seed=args.seed, out_dir=out)
     command = "bottleneck " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
     report["command"] = command
-    text = markdown_table(report, command)
+    return _write_outputs(args, report, markdown_table(report, command))
+
+
+def _write_outputs(args: argparse.Namespace, report: dict[str, Any], text: str) -> int:
+    """Write ``report`` to ``--json`` and ``text`` to ``--markdown`` (if given); print the text."""
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.markdown:
@@ -65,6 +69,33 @@ def _bench_explain(args: argparse.Namespace) -> int:
     print(text)
     print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
+
+
+def _bench_speed(args: argparse.Namespace) -> int:
+    from .speed import Timing, markdown, run_speed
+
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BottleneckError(f"--device {args.device} but CUDA is not available here")
+    if args.repeats < 2:
+        raise BottleneckError(f"--repeats must be >= 2 (got {args.repeats})")
+    modalities = args.modality or sorted(name for name, item in demos().items() if item.speed is not None)
+    cases = [case for modality in modalities
+             for case in _provider(modality, "speed")(quick=args.quick, seed=args.seed)]
+    if args.models:
+        wanted = [name.strip() for name in args.models.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - {case.name for case in cases})
+        if unknown:
+            raise BottleneckError(f"--models {unknown} not among {[case.name for case in cases]}")
+        cases = [case for case in cases if case.name in wanted]
+    report = run_speed(cases, args.device, timing=Timing(args.repeats, args.warmup), progress=not args.no_progress,
+                       seed=args.seed, scaling=not args.no_scaling,
+                       scaling_sizes=(1_000, 10_000) if args.quick else None)
+    command = "bottleneck " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    report["command"] = command
+    return _write_outputs(args, report, markdown(report, command))
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -120,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain_bench.add_argument("--out", help="save the explain-mode mask and renders in this directory")
     explain_bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     explain_bench.set_defaults(func=_bench_explain, command_line=None)
+    speed_bench = kinds.add_parser(
+        "speed", help="what the mask costs in training and explanation and saves at inference; scaling")
+    speed_bench.add_argument("--json", required=True, help="write the figures here")
+    speed_bench.add_argument("--markdown", help="also write the tables here")
+    speed_bench.add_argument("--quick", action="store_true", help="smaller training sets and no 100k scaling point")
+    speed_bench.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    speed_bench.add_argument("--modality", action="append", help="only this modality (repeatable; default all)")
+    speed_bench.add_argument("--models", help="only these models, comma-separated (PointNet,ViT,...)")
+    speed_bench.add_argument("--repeats", type=int, default=15, help="timed rounds per mode")
+    speed_bench.add_argument("--warmup", type=int, default=3, help="untimed rounds per mode first")
+    speed_bench.add_argument("--no-scaling", action="store_true", help="skip the scaling section")
+    speed_bench.add_argument("--seed", type=int, default=0)
+    speed_bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    speed_bench.set_defaults(func=_bench_speed, command_line=None)
 
     explain = commands.add_parser(
         "explain", help="explain a testbed's test data with a saved model and mask; write renders")

@@ -40,6 +40,7 @@ class Demo:
     :param options: extra command-line options, ``{name: (type, default, help)}``.
     :param testbed: builds the modality's :class:`~bottleneck.testbed.Testbed` for benchmarks.
     :param audit: builds the modality's :class:`~bottleneck.cue_setting.CueSetting` for ``bottleneck audit``.
+    :param speed: builds the modality's :class:`~bottleneck.speed.SpeedCase` list for ``bottleneck bench speed``.
     """
 
     name: str
@@ -50,6 +51,8 @@ class Demo:
     testbed: Callable[..., Any] | None = None
     #: ``prepare_audit(cue=..., quick=..., seed=..., correlation=...) -> CueSetting`` (optional).
     audit: Callable[..., Any] | None = None
+    #: ``prepare_speed(quick=..., seed=...) -> list[SpeedCase]`` for ``bottleneck bench speed`` (optional).
+    speed: Callable[..., Any] | None = None
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:

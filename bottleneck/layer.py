@@ -150,6 +150,22 @@ class MaskLayer(nn.Module):
         relevance = self.gate.expected_open(self._squeeze(raw.detach()), batch, num_samples)
         return MaskResult(logits, gates, p_open, keep_rate, loss, terms, relevance)
 
+    def infer(self, units: Units) -> MaskResult:
+        """Deterministic gates and relevance only: the inference pass of :meth:`forward`.
+
+        Explanations and sparse inference need neither the sampled gates nor the loss
+        terms (rate, smoothness, keep-rate constraint); skipping them leaves the scorer
+        as the whole cost of the mask. ``loss`` is a zero and ``terms`` is empty.
+        """
+        batch, num_samples = units.batch, units.num_samples
+        raw = self.scorer(units.x, batch, num_samples)
+        logits = self._squeeze(raw.clamp(-self.logit_bound, self.logit_bound))
+        gates = self.gate.deterministic(logits, batch, num_samples)
+        p_open = self.gate.expected_open(logits, batch, num_samples)
+        keep_rate = per_sample_mean(p_open, batch, num_samples)
+        relevance = self.gate.expected_open(self._squeeze(raw), batch, num_samples)
+        return MaskResult(logits, gates, p_open, keep_rate, raw.new_zeros(()), {}, relevance)
+
     def anneal(self, progress: float) -> None:
         """Forward the training progress (0..1) to the gate's schedule and the keep-target warm-up."""
         self.gate.anneal(progress)

@@ -271,6 +271,84 @@ def _sq_dists(y_t: Tensor, x_t: Tensor, buf: Tensor, tmp: Tensor | None) -> Tens
     return dist.clamp_min_(0.0)
 
 
+
+#: The per-sample blocked kNN pads every sample to the largest one; it is used only
+#: while that wastes at most this factor of distances over the exact per-sample work.
+_BLOCK_MAX_WASTE: float = 4.0
+
+
+def _knn_blocked(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Tensor,
+    batch_y: Tensor,
+    num_samples: int,
+    *,
+    exclude_self: bool,
+    budget_elems: int,
+) -> Tensor | None:
+    """kNN on samples padded to ``[B, n, D]`` blocks, or ``None`` when that does not pay.
+
+    Many small samples (a batch of point clouds of a few hundred points each) make the
+    chunked search compute mostly cross-sample distances only to mask them: a chunk of
+    256 query rows spans several samples. Here each sample's distances are computed
+    against its own points only, for a group of samples at a time (one batched matrix
+    of at most ``budget_elems`` distances), with padded slots masked. Used when one
+    sample's block fits the budget and padding wastes at most :data:`_BLOCK_MAX_WASTE`.
+    """
+    counts_x = torch.bincount(batch_x, minlength=num_samples)
+    counts_y = torch.bincount(batch_y, minlength=num_samples)
+    nx, ny = int(counts_x.max()), int(counts_y.max())
+    exact_work = int((counts_x * counts_y).sum())
+    if nx * ny > budget_elems or num_samples * nx * ny > _BLOCK_MAX_WASTE * max(exact_work, 1):
+        return None
+    device, dtype = x.device, x.dtype
+    ptr_x = torch.cumsum(counts_x, 0) - counts_x
+    ptr_y = torch.cumsum(counts_y, 0) - counts_y
+    slot_x = torch.arange(x.shape[0], device=device) - ptr_x[batch_x]
+    slot_y = torch.arange(y.shape[0], device=device) - ptr_y[batch_y]
+    dim = x.shape[1]
+    xs = x.new_zeros(num_samples, nx, dim)
+    xs[batch_x, slot_x] = x
+    if exclude_self:
+        ys = xs
+    else:
+        ys = y.new_zeros(num_samples, ny, dim)
+        ys[batch_y, slot_y] = y
+    if dim > _EXACT_MAX_DIM:  # centre each sample for the matrix-product expansion
+        center = xs.sum(1, keepdim=True) / counts_x.clamp(min=1).to(dtype).view(-1, 1, 1)
+        xs = xs - center
+        ys = xs if exclude_self else ys - center
+    group = max(1, budget_elems // (nx * ny))
+    kk = min(k, nx)
+    cols_x = torch.arange(nx, device=device)
+    rows_out: list[Tensor] = []
+    cols_out: list[Tensor] = []
+    for g0 in range(0, num_samples, group):
+        g1 = min(num_samples, g0 + group)
+        yg, xg = ys[g0:g1], xs[g0:g1]
+        if dim <= _EXACT_MAX_DIM:
+            dist = (yg[:, :, None, 0] - xg[:, None, :, 0]).square_()
+            for i in range(1, dim):
+                dist.add_((yg[:, :, None, i] - xg[:, None, :, i]).square_())
+        else:
+            dist = torch.baddbmm(
+                yg.square().sum(-1, keepdim=True), yg, xg.transpose(1, 2), alpha=-2.0
+            ).add_(xg.square().sum(-1).unsqueeze(1)).clamp_min_(0.0)
+        dist.masked_fill_((cols_x >= counts_x[g0:g1, None]).unsqueeze(1), math.inf)
+        if exclude_self:
+            dist.diagonal(dim1=1, dim2=2).fill_(math.inf)
+        best, idx = torch.topk(dist, kk, dim=2, largest=False, sorted=True)
+        valid = torch.isfinite(best)
+        valid &= (torch.arange(ny, device=device) < counts_y[g0:g1, None]).unsqueeze(-1)
+        rows = ptr_y[g0:g1, None, None] + torch.arange(ny, device=device).view(1, -1, 1)
+        cols = ptr_x[g0:g1, None, None] + idx
+        rows_out.append(rows.expand_as(idx)[valid])
+        cols_out.append(cols[valid])
+    return torch.stack([torch.cat(rows_out), torch.cat(cols_out)])
+
+
 def _knn_torch(
     x: Tensor,
     y: Tensor,
@@ -307,6 +385,14 @@ def _knn_torch(
         if device.type == "cpu":
             budget_bytes = min(budget_bytes, _CPU_BUDGET_BYTES)
     budget_elems = max(1, budget_bytes // torch.empty((), dtype=dtype).element_size())
+    if chunk_size is None and num_samples > 1:
+        bx = batch_x if batch_x is not None else torch.zeros(n, dtype=torch.long, device=device)
+        by = batch_y if batch_y is not None else torch.zeros(m, dtype=torch.long, device=device)
+        blocked = _knn_blocked(
+            x.to(dtype), y.to(dtype), k, bx, by, num_samples, exclude_self=exclude_self, budget_elems=budget_elems
+        )
+        if blocked is not None:
+            return blocked
     max_rows = _MAX_AUTO_ROWS.get(device.type, _MAX_AUTO_ROWS_ACCEL)
     chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size, max_rows)
 
@@ -547,3 +633,94 @@ def fps(
 
     take = torch.arange(steps, device=device).unsqueeze(0) < num_pick.unsqueeze(1)  # [B, T]
     return picks.t()[take]
+
+
+# ------------------------------------------------------------ serialised (approximate)
+
+#: Bits per coordinate of the space-filling-curve keys (3 x 10 bits fit one int64
+#: beside the sample id).
+_CURVE_BITS: int = 10
+
+
+def _spread_bits(v: Tensor) -> Tensor:
+    """Insert two zero bits between the low 10 bits of ``v`` (Morton-code interleaving)."""
+    v = (v | (v << 16)) & 0x030000FF
+    v = (v | (v << 8)) & 0x0300F00F
+    v = (v | (v << 4)) & 0x030C30C3
+    return (v | (v << 2)) & 0x09249249
+
+
+def _take(values: Tensor, index: Tensor) -> Tensor:
+    """``values[index]`` for a 1-d ``values`` (``index_select`` on the flat index: faster on CPU)."""
+    return values.index_select(0, index.reshape(-1)).view(index.shape)
+
+
+def _curve_order(cells: Tensor, batch: Tensor, axes: tuple[int, int, int]) -> Tensor:
+    """Permutation sorting points by (sample, Z-order key of ``cells`` read in ``axes`` order)."""
+    key = _spread_bits(cells[:, axes[0]]) | (_spread_bits(cells[:, axes[1]]) << 1)
+    key = key | (_spread_bits(cells[:, axes[2]]) << 2)
+    return torch.argsort((batch << (3 * _CURVE_BITS)) | key)
+
+
+def serial_knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, *, window: int | None = None) -> Tensor:
+    """An approximate k-nearest-neighbour graph of 3-d points in ``O(N log N)`` time.
+
+    Exact kNN costs a distance per pair of points of a sample and a top-k per
+    point; for a smoothness prior on the mask that is most of a training step's
+    overhead on a small model. Here the points are serialised along Z-order curves
+    (as Point Transformer V3 serialises point clouds), read in two axis orders so
+    that a neighbour split by one curve's cell boundary is near on the other; each
+    point's candidates are the ``window`` points either side of it on each curve,
+    and its ``k`` nearest candidates are its neighbours. No pair crosses samples,
+    no point is its own neighbour, and a sample with at most ``k`` other points
+    links each point to all of them when they fall in its windows.
+
+    :param pos: ``[N, 3]`` finite float coordinates.
+    :param k: neighbours per point, ``>= 1``.
+    :param batch: ``[N]`` sorted long sample ids, or ``None`` (one sample).
+    :param window: candidates per side per curve (default ``k // 2``: ``2k`` candidates in all).
+    :returns: ``[2, E]`` long ``edge_index`` (row 0 = neighbour, row 1 = centre, as
+        :func:`knn_graph`'s ``source_to_target``).
+    """
+    pos = _check_points(pos, "pos")
+    k = _check_k(k)
+    if pos.shape[1] != 3:
+        raise BottleneckError(f"serial_knn_graph needs 3-d points [N, 3]; got {describe(pos)}")
+    batch = _check_batch(batch, pos.shape[0], pos.device, "batch")
+    window = max(1, k // 2) if window is None else _check_k(window)
+    n, device = pos.shape[0], pos.device
+    if n == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=device)
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.long, device=device)
+    num_samples = int(batch[-1]) + 1
+    pts = pos.detach().float()
+    low = scatter(pts, batch, 0, dim_size=num_samples, reduce="min")[batch]
+    span = scatter(pts, batch, 0, dim_size=num_samples, reduce="max")[batch] - low
+    scale = (2**_CURVE_BITS - 1) / span.amax(-1, keepdim=True).clamp(min=1e-12)
+    cells = ((pts - low) * scale).long().clamp_(0, 2**_CURVE_BITS - 1)
+    offsets = torch.cat([torch.arange(-window, 0, device=device), torch.arange(1, window + 1, device=device)])
+    candidates, outside = [], []
+    for axes in ((0, 1, 2), (2, 0, 1)):
+        order = _curve_order(cells, batch, axes)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n, device=device)
+        at = rank.unsqueeze(1) + offsets  # [N, 2w] positions on the curve
+        outside.append((at < 0) | (at >= n))
+        candidates.append(_take(order, at.clamp_(0, n - 1)))
+    # a point near on both curves is a candidate once (the second curve's copy is dropped)
+    repeated = (candidates[1].unsqueeze(2) == candidates[0].unsqueeze(1)).any(2)
+    cand = torch.cat(candidates, dim=1)  # [N, 4w] candidate point ids
+    coords = pts.t().contiguous()  # [3, N]: one gather per coordinate
+    dist = (_take(coords[0], cand) - coords[0].unsqueeze(1)).square_()
+    for axis in (1, 2):
+        dist.add_((_take(coords[axis], cand) - coords[axis].unsqueeze(1)).square_())
+    centre = torch.arange(n, device=device).unsqueeze(1)
+    invalid = torch.cat([outside[0], outside[1] | repeated], dim=1)
+    invalid |= (_take(batch, cand) != batch.unsqueeze(1)) | (cand == centre)
+    dist.masked_fill_(invalid, math.inf)
+    kk = min(k, cand.shape[1])
+    best, idx = torch.topk(dist, kk, dim=1, largest=False, sorted=True)
+    nbr = cand.gather(1, idx)
+    valid = torch.isfinite(best)
+    return torch.stack([nbr[valid], centre.expand_as(nbr)[valid]])

@@ -200,8 +200,12 @@ class MaskedModel(nn.Module):
         """``state=`` for the adapter's gate application when the baseline has state."""
         return {} if self.baseline_state is None else {"state": self.baseline_state}
 
-    def mask_units(self, inputs: Any) -> tuple[Modality, Units, MaskResult]:
-        """Run only the mask on ``inputs``: ``(adapter, units, mask result)``."""
+    def mask_units(self, inputs: Any, *, inference: bool = False) -> tuple[Modality, Units, MaskResult]:
+        """Run only the mask on ``inputs``: ``(adapter, units, mask result)``.
+
+        ``inference=True`` runs :meth:`~bottleneck.layer.MaskLayer.infer` (deterministic
+        gates and relevance, no loss terms), as explanations and sparse inference do.
+        """
         if self.target_layer is not None:
             raise BottleneckError(
                 f"the mask sits at layer {self.where!r}: its units exist only inside a forward "
@@ -209,7 +213,8 @@ class MaskedModel(nn.Module):
             )
         adapter = self.adapter(inputs)
         units = adapter.to_units(inputs, with_graph=self._needs_graph())
-        return adapter, units, self.mask(self.encode(units))
+        encoded = self.encode(units)
+        return adapter, units, self.mask.infer(encoded) if inference else self.mask(encoded)
 
     def _needs_graph(self) -> bool:
         return self.training and self.mask.smooth_weight > 0
@@ -234,9 +239,14 @@ class MaskedModel(nn.Module):
         return MaskedOutput(output, loss, result.gates, result.p_open, result.keep_rate, terms, units)
 
     def _run_with_hidden_mask(
-        self, adapter: Modality, inputs: Any, *args: Any, **kwargs: Any
+        self, adapter: Modality, inputs: Any, *args: Any, explain_only: bool = False, **kwargs: Any
     ) -> tuple[Any, Units, MaskResult]:
-        """Call the model with the mask applied to ``target_layer``'s output by a forward hook."""
+        """Call the model with the mask applied to ``target_layer``'s output by a forward hook.
+
+        ``explain_only`` runs the mask's inference pass and stops the model right after
+        the masked layer (the output is then ``None``): an explanation needs the layers
+        up to the mask, not the rest of the network.
+        """
         input_units = adapter.to_units(inputs, with_graph=False)  # validates before the model runs
         captured: list[tuple[Units, MaskResult]] = []
 
@@ -247,13 +257,19 @@ class MaskedModel(nn.Module):
                     "mask at a layer that runs once"
                 )
             units = adapter.hidden_to_units(output, with_graph=self._needs_graph(), inputs=input_units)
-            result = self.mask(self.encode(units))
+            encoded = self.encode(units)
+            result = self.mask.infer(encoded) if explain_only else self.mask(encoded)
             captured.append((units, result))
+            if explain_only:
+                raise _MaskedLayerReached
             return adapter.apply_hidden_gates(output, units, result.gates, self.baseline, **self._state())
 
         handle = self.target_layer.register_forward_hook(gate_hidden)
+        output = None
         try:
             output = adapter.call_model(self.model, inputs, *args, **kwargs)
+        except _MaskedLayerReached:
+            pass
         finally:
             handle.remove()
         if not captured:
@@ -272,10 +288,10 @@ class MaskedModel(nn.Module):
         self.eval()
         try:
             if self.target_layer is None:
-                adapter, units, result = self.mask_units(inputs)
+                adapter, units, result = self.mask_units(inputs, inference=True)
                 return Explanation(_relevance(result), result.gates, units, inputs, adapter)
             adapter = self.adapter(inputs)
-            _, hidden, result = self._run_with_hidden_mask(adapter, inputs)
+            _, hidden, result = self._run_with_hidden_mask(adapter, inputs, explain_only=True)
             units = adapter.to_units(inputs, with_graph=False)
             relevance = adapter.relevance_to_input(_relevance(result), hidden, units)
             gates = adapter.relevance_to_input(result.gates, hidden, units)
@@ -310,7 +326,7 @@ class MaskedModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            adapter, units, result = self.mask_units(inputs)
+            adapter, units, result = self.mask_units(inputs, inference=True)
             kept = self.kept_units(units, result, keep)
             removed = adapter.can_drop()
             if removed:
@@ -343,6 +359,10 @@ class MaskedModel(nn.Module):
             f"modality={self.modality_name!r}, mode={self.mode!r}, gate={self.gate_name!r}, "
             f"keep={self.keep}, where={self.where!r}, baseline={self.baseline!r}"
         )
+
+
+class _MaskedLayerReached(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by the hidden-layer hook to stop the model once an explanation has what it needs."""
 
 
 def _relevance(result: MaskResult) -> Tensor:

@@ -33,9 +33,10 @@ def bottleneck_register_modalities(register: Callable[[Modality], None]) -> None
 def bottleneck_register_demos(register: Callable[[Demo], None]) -> None:
     from .audit import prepare_audit
     from .demo import DEMO
+    from .speed import prepare_speed
     from .testbed import prepare  # builds on the demo module, so it is attached here
 
-    register(replace(DEMO, testbed=prepare, audit=prepare_audit))
+    register(replace(DEMO, testbed=prepare, audit=prepare_audit, speed=prepare_speed))
 
 
 @hookimpl

@@ -1,0 +1,134 @@
+"""How the mask layer and the neighbourhood graphs scale with the units per sample.
+
+For each size (1k, 10k, 100k points), one sample of random points:
+
+* ``mask_layer_ms``: one training step of :class:`~bottleneck.layer.MaskLayer` (scorer,
+  hard-concrete gates, objective; forward and backward), median of ``repeats`` calls;
+  the cost should grow linearly with the units (the 10k/1k ratio near 10);
+* ``knn_ms`` and ``knn_peak_mib``: :func:`bottleneck.neighbors.knn_graph` (k=16, the exact
+  chunked pure-torch search unless torch_cluster imports). Peak memory is measured in a
+  fresh child process: the rise of its peak resident set size (``ru_maxrss``) over the
+  level after the points were made, so it counts every allocation of the call (CPU), or
+  ``torch.cuda.max_memory_allocated`` on CUDA. A dense ``N x N`` float distance matrix
+  would need 37 GiB at 100k points; the chunked kNN must stay under 2 GiB;
+* ``serial_knn_ms``: :func:`bottleneck.neighbors.serial_knn_graph` (k=8), the approximate
+  graph the point-cloud mask smooths over, ``O(N log N)``.
+
+Run through ``bottleneck bench speed`` (its ``scaling`` section) or on its own:
+``python -m bottleneck.scaling [--device cuda]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+
+import torch
+
+from .layer import MaskLayer
+from .neighbors import HAS_TORCH_CLUSTER, knn_graph, serial_knn_graph
+from .timing import time_call
+from .units import Units
+
+SIZES = (1_000, 10_000, 100_000)
+K = 16
+#: Neighbours of the point-cloud unit graph (``bottleneck_pointcloud.adapter.GRAPH_K``).
+SERIAL_K = 8
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def knn_child(points: int, device: str) -> dict[str, float]:
+    """Run in a fresh process: time and peak memory of one kNN graph over ``points`` points."""
+    dev = torch.device(device)
+    pos = torch.rand(points, 3, generator=torch.Generator().manual_seed(0)).to(dev)
+    knn_graph(pos[:64], K)  # warm-up on a tiny input (kernels, allocator)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _peak_rss_mib()
+    seconds = time_call(lambda: knn_graph(pos, K), dev)
+    if dev.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+    else:
+        peak = _peak_rss_mib() - before
+    return {"knn_ms": 1000 * seconds, "knn_peak_mib": peak}
+
+
+def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    times = sorted(time_call(fn, device) for _ in range(repeats))
+    return 1000 * times[len(times) // 2]
+
+
+def mask_layer_ms(points: int, device: torch.device, repeats: int) -> float:
+    """Median time of one forward + backward pass of the mask layer on one sample of ``points`` units."""
+    torch.manual_seed(0)
+    layer = MaskLayer("hard_concrete", keep=0.3, in_features=3, smooth_weight=0.0).to(device)
+    units = Units(x=torch.randn(points, 3, device=device), batch=torch.zeros(points, dtype=torch.long, device=device),
+                  num_samples=1)
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        layer(units).loss.backward()
+
+    return _median_ms(step, device, repeats)
+
+
+def serial_knn_ms(points: int, device: torch.device, repeats: int) -> float:
+    """Median time of the approximate (serialised) kNN graph over ``points`` random points."""
+    pos = torch.rand(points, 3, generator=torch.Generator().manual_seed(0)).to(device)
+    return _median_ms(lambda: serial_knn_graph(pos, SERIAL_K), device, max(3, repeats // 2))
+
+
+def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 7, sizes: tuple[int, ...] = SIZES,
+                progress: bool = True) -> dict[str, object]:
+    """Figures per size, the 10k/1k ratio of the mask layer and the 2 GiB kNN memory check."""
+    dev = torch.device(device)
+    rows: dict[str, dict[str, float]] = {}
+    for points in sizes:
+        child = subprocess.run([sys.executable, "-m", "bottleneck.scaling", "--child-knn", str(points),
+                                "--device", str(dev)], check=True, capture_output=True, text=True)
+        rows[str(points)] = {"mask_layer_ms": mask_layer_ms(points, dev, repeats),
+                             "serial_knn_ms": serial_knn_ms(points, dev, repeats),
+                             **json.loads(child.stdout.strip().splitlines()[-1])}
+        if progress:
+            row = rows[str(points)]
+            print(f"scaling {points:>7} units: mask layer {row['mask_layer_ms']:.2f} ms, kNN {row['knn_ms']:.0f} ms "
+                  f"(peak {row['knn_peak_mib']:.0f} MiB), serial kNN {row['serial_knn_ms']:.1f} ms", flush=True)
+    report: dict[str, object] = {"sizes": rows, "k": K, "serial_k": SERIAL_K, "torch_cluster": HAS_TORCH_CLUSTER}
+    if "1000" in rows and "10000" in rows:
+        ratio = rows["10000"]["mask_layer_ms"] / rows["1000"]["mask_layer_ms"]
+        report["mask_layer_ratio_10k_over_1k"] = ratio
+        report["mask_layer_linear_8_to_12"] = 8.0 <= ratio <= 12.0
+    if "10000" in rows and "100000" in rows:
+        report["mask_layer_ratio_100k_over_10k"] = rows["100000"]["mask_layer_ms"] / rows["10000"]["mask_layer_ms"]
+    largest = str(max(sizes))
+    report["knn_peak_mib_at_largest"] = rows[largest]["knn_peak_mib"]
+    report["knn_peak_under_2_gib"] = rows[largest]["knn_peak_mib"] < 2048
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--child-knn", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_knn:
+        print(json.dumps(knn_child(args.child_knn, args.device)))
+        return 0
+    print(json.dumps(run_scaling(args.device, repeats=args.repeats), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

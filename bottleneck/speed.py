@@ -1,0 +1,322 @@
+"""``bottleneck bench speed``: what the mask costs in training and explanation, and what it saves.
+
+Every figure is a ratio of two things timed side by side in one process, in
+turn (a, b, a, b, ...: :func:`~bottleneck.timing.interleaved`), after warm-up,
+as the ratio of medians, so load changes on a shared machine hit both alike:
+
+* ``train_overhead``: one training step (forward, backward, optimiser step) of the
+  jointly masked model over one step of the plain model, same batch;
+* ``explain_overhead``: one explanation (``MaskedModel.explain``, explain-mode mask)
+  over one plain forward pass, same batch;
+* ``sparse_speedup``: the dense model's forward over ``MaskedModel.sparse(x, keep=k)``
+  (mask, per-sample top-k, dropped units removed, model on the rest), for each keep,
+  with the test accuracy at that keep beside the dense model's;
+* ``scaling``: :mod:`bottleneck.scaling` (mask layer time, kNN time and memory per size).
+
+Each plugin registers its models as :class:`SpeedCase` s through
+``Demo(speed=prepare)`` (no new hook), as it registers its ``Testbed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import BottleneckError
+from .timing import interleaved
+from .train import _to, call_model, evaluate, fit
+from .wrap import _logits_of, attach
+
+#: Keep fractions of the sparse path.
+KEEPS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+#: The issue's targets: overheads at most these ratios.
+TRAIN_OVERHEAD_MAX = 1.25
+EXPLAIN_OVERHEAD_MAX = 1.5
+#: Sparse accuracy at the target keep may fall at most this far below dense.
+ACCURACY_DROP_MAX = 0.02
+#: The keep at which each model's sparse speed-up target applies.
+TARGET_KEEP = 0.25
+
+
+@dataclass
+class SpeedCase:
+    """One model of the speed benchmark.
+
+    :param name: the model's name in the report (``PointNet``, ``ViT``, ...).
+    :param modality: registered modality name.
+    :param make_model: builds the model with fresh weights (seeded by the caller).
+    :param batch: ``(inputs, targets)``: the batch every timing runs on.
+    :param attach_options: :func:`~bottleneck.attach` options every mask of this model needs
+        (``special_ids``, ...).
+    :param explain_options: extra options of the explain-mode mask (``{"where": "layer2"}``).
+    :param sparse_target: the sparse speed-up this model must reach at keep 0.25; ``None``
+        leaves it out of ``sparse_speedup`` (a CNN cannot skip pixels).
+    :param train: re-iterable ``(inputs, targets)`` batches for the accuracy models.
+    :param test: ``(inputs, targets)`` batches the accuracies are measured on.
+    :param epochs: epochs of the plain (dense) model.
+    :param lr: its learning rate.
+    :param joint_epochs: epochs of the jointly masked model, continuing from the plain one.
+    :param joint_lr: its learning rate.
+    :param joint_options: extra options of the jointly masked model (``gate``, ``baseline``).
+    :param settings: sizes and anything else that describes the case, for the report.
+    """
+
+    name: str
+    modality: str
+    make_model: Callable[[], nn.Module]
+    batch: tuple[Any, Tensor]
+    attach_options: dict[str, Any] = field(default_factory=dict)
+    explain_options: dict[str, Any] = field(default_factory=dict)
+    sparse_target: float | None = None
+    train: Iterable[Any] | None = None
+    test: list[tuple[Any, Tensor]] | None = None
+    epochs: int = 5
+    lr: float = 3e-3
+    joint_epochs: int = 3
+    joint_lr: float = 1e-3
+    joint_options: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sparse_target is not None and (self.train is None or not self.test):
+            raise BottleneckError(f"speed case {self.name!r}: a sparse target needs train and test data")
+
+
+@dataclass
+class Timing:
+    """How one comparison is timed: rounds per mode and untimed warm-up rounds."""
+
+    repeats: int = 15
+    warmup: int = 3
+
+
+def _ms(times: list[float]) -> float:
+    return 1e3 * statistics.median(times)
+
+
+def _plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, targets: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(_logits_of(call_model(model, inputs)), targets).backward()
+    optimizer.step()
+
+
+def _masked_step(masked: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, targets: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    out = masked(inputs)
+    (F.cross_entropy(_logits_of(out.output), targets) + out.ib_loss).backward()
+    optimizer.step()
+
+
+def train_overhead(case: SpeedCase, device: torch.device, timing: Timing) -> dict[str, float]:
+    """Step time of joint (mask + model) training over plain training of the same model."""
+    inputs, targets = _to(case.batch, device)
+    plain = case.make_model().to(device)
+    masked = attach(case.make_model(), case.modality, **case.attach_options).to(device)
+    masked.train()
+    masked(inputs)  # lazily sized layers exist after one call
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-4)
+    masked_opt = torch.optim.Adam(masked.parameters(), lr=1e-4)
+    plain.train()
+    times = interleaved({
+        "plain": lambda: _plain_step(plain, plain_opt, inputs, targets),
+        "masked": lambda: _masked_step(masked, masked_opt, inputs, targets),
+    }, timing.repeats, timing.warmup, device)
+    plain_ms, masked_ms = _ms(times["plain"]), _ms(times["masked"])
+    return {"plain_ms": plain_ms, "masked_ms": masked_ms, "ratio": masked_ms / plain_ms}
+
+
+def explain_overhead(case: SpeedCase, device: torch.device, timing: Timing) -> dict[str, float]:
+    """Time of one explanation (explain-mode mask) over one plain forward pass, same batch."""
+    inputs, _ = _to(case.batch, device)
+    model = case.make_model().to(device).eval()
+    explainer = attach(model, case.modality, mode="explain", **case.attach_options, **case.explain_options)
+    explainer.to(device)
+    explainer.explain(inputs)  # lazily sized layers
+    with torch.no_grad():
+        times = interleaved({
+            "forward": lambda: call_model(model, inputs),
+            "explain": lambda: explainer.explain(inputs),
+        }, timing.repeats, timing.warmup, device)
+    forward_ms, explain_ms = _ms(times["forward"]), _ms(times["explain"])
+    return {"forward_ms": forward_ms, "explain_ms": explain_ms, "ratio": explain_ms / forward_ms,
+            "where": case.explain_options.get("where", "input")}
+
+
+@dataclass
+class SparseModels:
+    """The dense model and the jointly masked model the sparse path runs, with training seconds."""
+
+    dense: nn.Module
+    masked: Any
+    seconds: dict[str, float]
+
+
+def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool = True,
+                        seed: int = 0) -> SparseModels:
+    """Train the dense model, then the jointly masked one (keep 0.25) from it."""
+    if case.train is None:
+        raise BottleneckError(f"speed case {case.name!r} has no training data")
+    torch.manual_seed(seed)
+    dense = case.make_model().to(device)
+    start = time.perf_counter()
+    fit(dense, case.train, epochs=case.epochs, lr=case.lr, device=device, progress=progress,
+        description=f"{case.name} dense")
+    dense_seconds = time.perf_counter() - start
+    options = {**case.attach_options, **case.joint_options}
+    masked = attach(copy.deepcopy(dense), case.modality, keep=TARGET_KEEP, **options).to(device)
+    start = time.perf_counter()
+    fit(masked, case.train, epochs=case.joint_epochs, lr=case.joint_lr, device=device, progress=progress,
+        description=f"{case.name} masked")
+    return SparseModels(dense.eval(), masked.eval(), {"dense": dense_seconds, "masked": time.perf_counter() - start})
+
+
+def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, timing: Timing,
+                   keeps: tuple[float, ...] = KEEPS) -> dict[str, Any]:
+    """Dense forward time over the sparse path's at each keep, with the test accuracy at each keep."""
+    inputs, _ = _to(case.batch, device)
+    assert case.test is not None
+    dense_accuracy = evaluate(models.dense, case.test, device=device)["accuracy"]
+    modes: dict[str, Callable[[], Any]] = {"dense": lambda: call_model(models.dense, inputs)}
+    for keep in keeps:
+        modes[str(keep)] = lambda keep=keep: models.masked.sparse(inputs, keep=keep)
+    with torch.no_grad():
+        times = interleaved(modes, timing.repeats, timing.warmup, device)
+    dense_ms = _ms(times["dense"])
+    per_keep: dict[str, dict[str, float]] = {}
+    for keep in keeps:
+        scores = evaluate(models.masked, case.test, sparse=True, sparse_keep=keep, device=device)
+        sparse_ms = _ms(times[str(keep)])
+        per_keep[str(keep)] = {"sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
+                               "accuracy": scores["accuracy"], "kept": scores.get("keep_rate", float("nan"))}
+    removed = models.masked.sparse(inputs, keep=TARGET_KEEP).removed
+    return {"dense_ms": dense_ms, "dense_accuracy": dense_accuracy, "keeps": per_keep,
+            "units_removed": bool(removed), "train_seconds": models.seconds}
+
+
+def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
+    """Each must-show target against the measured figures (computed, never written by hand)."""
+    out: dict[str, Any] = {}
+    if report["train_overhead"]:
+        worst = max(report["train_overhead"], key=report["train_overhead"].get)
+        out["train_overhead_at_most_1.25"] = {
+            "holds": all(r <= TRAIN_OVERHEAD_MAX for r in report["train_overhead"].values()),
+            "worst": worst, "worst_ratio": report["train_overhead"][worst]}
+    if report["explain_overhead"]:
+        worst = max(report["explain_overhead"], key=report["explain_overhead"].get)
+        out["explain_overhead_at_most_1.5"] = {
+            "holds": all(r <= EXPLAIN_OVERHEAD_MAX for r in report["explain_overhead"].values()),
+            "worst": worst, "worst_ratio": report["explain_overhead"][worst]}
+    for name, target in targets.items():
+        figures = report["sparse_speedup"].get(name)
+        if figures is None:
+            continue
+        at = figures[str(TARGET_KEEP)]
+        dense_accuracy = report["details"]["sparse"][name]["dense_accuracy"]
+        out[f"sparse_speedup_{name}"] = {
+            "target": target, "speedup": at["speedup"], "speedup_holds": at["speedup"] >= target,
+            "accuracy": at["accuracy"], "dense_accuracy": dense_accuracy,
+            "accuracy_holds": at["accuracy"] >= dense_accuracy - ACCURACY_DROP_MAX}
+    return out
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": str(device), "device_name": name, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, timing: Timing | None = None,
+              progress: bool = True, seed: int = 0, scaling: bool = True,
+              scaling_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """All four sections for ``cases``; the report ``bottleneck bench speed`` writes."""
+    if not cases:
+        raise BottleneckError("no speed cases: install a modality plugin that registers Demo(speed=...)")
+    dev = torch.device(device)
+    timing = timing or Timing()
+    started = time.perf_counter()
+    report: dict[str, Any] = {"train_overhead": {}, "sparse_speedup": {}, "explain_overhead": {},
+                              "scaling": None, "details": {"train": {}, "explain": {}, "sparse": {}}}
+    targets: dict[str, float] = {}
+    for case in cases:
+        torch.manual_seed(seed)
+        train = train_overhead(case, dev, timing)
+        explain = explain_overhead(case, dev, timing)
+        report["train_overhead"][case.name] = train["ratio"]
+        report["explain_overhead"][case.name] = explain["ratio"]
+        report["details"]["train"][case.name] = train
+        report["details"]["explain"][case.name] = explain
+        line = f"{case.name}: train overhead {train['ratio']:.2f}, explain overhead {explain['ratio']:.2f}"
+        if case.sparse_target is not None:
+            targets[case.name] = case.sparse_target
+            models = train_sparse_models(case, dev, progress=progress, seed=seed)
+            sparse = sparse_speedup(case, models, dev, timing)
+            report["sparse_speedup"][case.name] = {
+                keep: {"speedup": v["speedup"], "accuracy": v["accuracy"]} for keep, v in sparse["keeps"].items()}
+            report["details"]["sparse"][case.name] = sparse
+            at = sparse["keeps"][str(TARGET_KEEP)]
+            line += (f", sparse x{at['speedup']:.2f} at keep {TARGET_KEEP} (accuracy {at['accuracy']:.3f}, "
+                     f"dense {sparse['dense_accuracy']:.3f})")
+        if progress:
+            print(line, flush=True)
+    if scaling:
+        from .scaling import SIZES, run_scaling
+
+        report["scaling"] = run_scaling(dev, sizes=scaling_sizes or SIZES, progress=progress)
+    report["claims"] = claims(report, targets)
+    report["settings"] = {
+        **_environment(dev), "repeats": timing.repeats, "warmup": timing.warmup, "seed": seed,
+        "keeps": list(KEEPS), "cases": {case.name: {"modality": case.modality, **case.settings} for case in cases},
+    }
+    report["seconds"] = time.perf_counter() - started
+    return report
+
+
+def _cell(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(report: dict[str, Any], command: str = "") -> str:
+    """The report as Markdown tables: overheads, sparse speed-ups with accuracy, scaling."""
+    lines = [f"Measured with `{command}` on {report['settings']['device_name']} "
+             f"({report['settings']['device']}, {report['settings']['threads']} threads), "
+             f"medians of {report['settings']['repeats']} interleaved repeats.", ""]
+    lines += ["| model | train overhead (≤ 1.25) | plain step | masked step | explain overhead (≤ 1.5) |",
+              "|---|---|---|---|---|"]
+    for name, ratio in report["train_overhead"].items():
+        train = report["details"]["train"][name]
+        explain = report["details"]["explain"][name]
+        lines.append(f"| {name} | {ratio:.2f} | {train['plain_ms']:.1f} ms | {train['masked_ms']:.1f} ms | "
+                     f"{explain['ratio']:.2f} ({explain['explain_ms']:.1f} / {explain['forward_ms']:.1f} ms, "
+                     f"mask at {explain['where']}) |")
+    if report["sparse_speedup"]:
+        keeps = list(next(iter(report["sparse_speedup"].values())))
+        lines += ["", "| model | dense | " + " | ".join(f"keep {k}" for k in keeps) + " |",
+                  "|---|---|" + "---|" * len(keeps)]
+        for name, per_keep in report["sparse_speedup"].items():
+            details = report["details"]["sparse"][name]
+            cells = [f"x{v['speedup']:.2f}, acc {v['accuracy']:.3f}" for v in per_keep.values()]
+            lines.append(f"| {name} | {details['dense_ms']:.1f} ms, acc {details['dense_accuracy']:.3f} | "
+                         + " | ".join(cells) + " |")
+    scaling = report.get("scaling")
+    if scaling:
+        lines += ["", "| units | mask layer fwd+bwd | exact kNN (k=16) | kNN peak memory | serial kNN (k=8) |",
+                  "|---|---|---|---|---|"]
+        for size, row in scaling["sizes"].items():
+            lines.append(f"| {int(size):,} | {row['mask_layer_ms']:.1f} ms | {row['knn_ms']:.0f} ms | "
+                         f"{row['knn_peak_mib']:.0f} MiB | {row['serial_knn_ms']:.1f} ms |")
+        if "mask_layer_ratio_10k_over_1k" in scaling:
+            lines.append(f"\nMask layer 10k/1k: {scaling['mask_layer_ratio_10k_over_1k']:.2f}; "
+                         f"100k/10k: {_cell(scaling.get('mask_layer_ratio_100k_over_10k'))}.")
+    lines += ["", "Claims:"]
+    for name, claim in report["claims"].items():
+        lines.append(f"- `{name}`: {claim}")
+    return "\n".join(lines) + "\n"
