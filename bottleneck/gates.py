@@ -75,6 +75,11 @@ class Gate(nn.Module, abc.ABC):
     ) -> Tensor:
         """``P(gate > 0)`` per unit, differentiable in the logits."""
 
+    def ranking(self, logits: Tensor, batch: Tensor | None = None, num_samples: int = 1) -> Tensor:
+        """``[N]`` scores that order units by relevance (explanations, sparse top-k): by default
+        the open probability; a gate whose open probability is 0/1 orders by something finer."""
+        return self.expected_open(logits, batch, num_samples)
+
     def rate(self, logits: Tensor) -> Tensor:
         """Per-unit rate penalty; zero for gates with a fixed budget."""
         return logits.new_zeros(logits.shape[0])
@@ -274,6 +279,11 @@ class TopKGate(Gate):
 
     def expected_open(self, logits, batch=None, num_samples=1):
         return self.rsample(logits, batch, num_samples)
+
+    def ranking(self, logits, batch=None, num_samples=1):
+        # the open probability is 0/1 here: rank by the sigmoid, so a sparse pass at another
+        # keep than the gate's takes the most relevant units, not ties broken at random
+        return torch.sigmoid(logits)
 
     def init_bias(self, p_open):
         return [0.0]

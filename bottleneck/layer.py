@@ -30,7 +30,8 @@ class MaskResult:
     :param terms: each term, detached, for logging.
     :param relevance: ``P(gate > 0)`` from the scores before the logit bound, detached:
         the same as ``p_open`` inside the bound, and still ordered beyond it, so units
-        the mask shut (or opened) with different conviction do not tie in a ranking.
+        the mask shut (or opened) with different conviction do not tie in a ranking
+        (the gate's :meth:`~bottleneck.gates.Gate.ranking`; the top-k gate ranks by sigmoid).
     """
 
     logits: Tensor
@@ -147,7 +148,7 @@ class MaskLayer(nn.Module):
             "keep_rate": mean_keep.detach(),
             "logit_bound": excess.detach(),
         }
-        relevance = self.gate.expected_open(self._squeeze(raw.detach()), batch, num_samples)
+        relevance = self.gate.ranking(self._squeeze(raw.detach()), batch, num_samples)
         return MaskResult(logits, gates, p_open, keep_rate, loss, terms, relevance)
 
     def infer(self, units: Units) -> MaskResult:
@@ -163,8 +164,13 @@ class MaskLayer(nn.Module):
         gates = self.gate.deterministic(logits, batch, num_samples)
         p_open = self.gate.expected_open(logits, batch, num_samples)
         keep_rate = per_sample_mean(p_open, batch, num_samples)
-        relevance = self.gate.expected_open(self._squeeze(raw), batch, num_samples)
+        relevance = self.gate.ranking(self._squeeze(raw), batch, num_samples)
         return MaskResult(logits, gates, p_open, keep_rate, raw.new_zeros(()), {}, relevance)
+
+    def relevance(self, units: Units) -> Tensor:
+        """``[N]`` relevance only (as :attr:`MaskResult.relevance`): all a sparse pass at a given keep needs."""
+        raw = self.scorer(units.x, units.batch, units.num_samples)
+        return self.gate.ranking(self._squeeze(raw), units.batch, units.num_samples)
 
     def anneal(self, progress: float) -> None:
         """Forward the training progress (0..1) to the gate's schedule and the keep-target warm-up."""

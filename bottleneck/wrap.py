@@ -239,7 +239,8 @@ class MaskedModel(nn.Module):
         return MaskedOutput(output, loss, result.gates, result.p_open, result.keep_rate, terms, units)
 
     def _run_with_hidden_mask(
-        self, adapter: Modality, inputs: Any, *args: Any, explain_only: bool = False, **kwargs: Any
+        self, adapter: Modality, inputs: Any, *args: Any, explain_only: bool = False,
+        input_units: Units | None = None, **kwargs: Any
     ) -> tuple[Any, Units, MaskResult]:
         """Call the model with the mask applied to ``target_layer``'s output by a forward hook.
 
@@ -247,7 +248,8 @@ class MaskedModel(nn.Module):
         the masked layer (the output is then ``None``): an explanation needs the layers
         up to the mask, not the rest of the network.
         """
-        input_units = adapter.to_units(inputs, with_graph=False)  # validates before the model runs
+        if input_units is None:  # validates before the model runs
+            input_units = adapter.to_units(inputs, with_graph=False)
         captured: list[tuple[Units, MaskResult]] = []
 
         def gate_hidden(module: nn.Module, args_: Any, output: Any) -> Any:
@@ -291,8 +293,8 @@ class MaskedModel(nn.Module):
                 adapter, units, result = self.mask_units(inputs, inference=True)
                 return Explanation(_relevance(result), result.gates, units, inputs, adapter)
             adapter = self.adapter(inputs)
-            _, hidden, result = self._run_with_hidden_mask(adapter, inputs, explain_only=True)
             units = adapter.to_units(inputs, with_graph=False)
+            _, hidden, result = self._run_with_hidden_mask(adapter, inputs, explain_only=True, input_units=units)
             relevance = adapter.relevance_to_input(_relevance(result), hidden, units)
             gates = adapter.relevance_to_input(result.gates, hidden, units)
             return Explanation(relevance, gates, units, inputs, adapter)
@@ -308,12 +310,17 @@ class MaskedModel(nn.Module):
         """
         scores = _relevance(result)
         if keep is not None:
-            if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
-                raise BottleneckError(f"keep must be a fraction in (0, 1] (got {keep!r})")
-            return segment_topk_mask(scores, units.batch, units.num_samples, float(keep))
+            return self._top_units(scores, units, keep)
         top1 = segment_topk_mask(scores, units.batch, units.num_samples, torch.ones(
             units.num_samples, dtype=torch.long, device=scores.device))
         return (result.gates > 0) | top1
+
+    @staticmethod
+    def _top_units(scores: Tensor, units: Units, keep: float) -> Tensor:
+        """``[N]`` bool: each sample's top ``ceil(keep * n_i)`` units by ``scores``."""
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
+            raise BottleneckError(f"keep must be a fraction in (0, 1] (got {keep!r})")
+        return segment_topk_mask(scores, units.batch, units.num_samples, float(keep))
 
     @torch.no_grad()
     def sparse(self, inputs: Any, *args: Any, keep: float | None = None, **kwargs: Any) -> SparseOutput:
@@ -326,13 +333,18 @@ class MaskedModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            adapter, units, result = self.mask_units(inputs, inference=True)
-            kept = self.kept_units(units, result, keep)
+            if keep is not None and self.target_layer is None:  # the top-k needs the relevance only
+                adapter = self.adapter(inputs)
+                units = adapter.to_units(inputs, with_graph=False)
+                kept = self._top_units(self.mask.relevance(self.encode(units)), units, keep)
+            else:
+                adapter, units, result = self.mask_units(inputs, inference=True)
+                kept = self.kept_units(units, result, keep)
             removed = adapter.can_drop()
             if removed:
                 reduced = adapter.drop_units(inputs, units, kept)
             else:
-                hard = kept.to(result.p_open.dtype)
+                hard = kept.to(units.x.dtype)
                 reduced = adapter.apply_gates(inputs, units, hard, self.baseline, **self._state())
             output = adapter.call_model(self.model, reduced, *args, **kwargs)
         finally:

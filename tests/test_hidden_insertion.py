@@ -230,3 +230,25 @@ def test_layers_that_are_not_per_unit_raise() -> None:
     masked = bottleneck.attach(bilstm(), "text", where="token_features", baseline="learned")
     with pytest.raises(BottleneckError, match="use baseline='zero'"):
         masked(text())
+
+
+def test_explain_stops_the_model_after_the_masked_layer() -> None:
+    """An explanation at a hidden layer runs the model only up to that layer, and is unchanged by it."""
+    model = pointnet()
+    masked = bottleneck.attach(model, "pointcloud", mode="explain", where="point_mlp")
+    inputs = clouds()
+    calls: list[str] = []
+    handle = model.classifier.register_forward_hook(lambda m, a, o: calls.append("classifier"))
+    try:
+        explanation = masked.explain(inputs)
+    finally:
+        handle.remove()
+    assert calls == []
+    masked.eval()
+    with torch.no_grad():
+        adapter = masked.adapter(inputs)
+        output, hidden, result = masked._run_with_hidden_mask(adapter, inputs)  # the full forward
+    assert output is not None
+    units = adapter.to_units(inputs, with_graph=False)
+    expected = adapter.relevance_to_input(result.relevance, hidden, units)
+    assert torch.allclose(explanation.relevance, expected)

@@ -45,3 +45,34 @@ def test_without_context_a_unit_cannot_change_another_units_logit(context: bool)
     assert torch.equal(before[3:], after[3:])  # another sample: never affected
     assert torch.allclose(before[1:3], after[1:3]) is (not context)
     assert ("context=False" in repr(scorer)) is (not context)
+
+
+def test_scorer_context_is_the_first_head_layer_on_the_concatenation() -> None:
+    """The per-sample projection of the context equals the head's first layer on [unit, context]."""
+    import torch
+
+    from bottleneck.scorer import EquivariantScorer
+    from bottleneck.segment import segment_max, segment_mean
+
+    torch.manual_seed(0)
+    scorer = EquivariantScorer(8, in_features=3)
+    x, batch = torch.randn(7, 3), torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    h = scorer.encode(x)
+    context = torch.cat([segment_max(h, batch, 3), segment_mean(h, batch, 3)], -1)
+    expected = scorer.head(torch.cat([h, context[batch]], dim=-1))
+    assert torch.allclose(scorer(x, batch, 3), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ["hard_concrete", "concrete", "gaussian", "topk"])
+def test_inference_pass_matches_the_eval_forward(gate: str) -> None:
+    import torch
+
+    from bottleneck.units import Units
+
+    torch.manual_seed(0)
+    layer = MaskLayer(gate, keep=0.4, in_features=3).eval()
+    units = Units(x=torch.randn(9, 3), batch=torch.tensor([0] * 4 + [1] * 5), num_samples=2)
+    full, fast = layer(units), layer.infer(units)
+    for name in ("logits", "gates", "p_open", "keep_rate", "relevance"):
+        assert torch.allclose(getattr(full, name), getattr(fast, name)), name
+    assert float(fast.loss) == 0.0 and fast.terms == {}

@@ -495,3 +495,86 @@ def test_cuda_matches_cpu():
     out = fps(pos.cuda(), batch.cuda(), 0.25, random_start=False, use_cluster=False)
     ref = fps(pos, batch, 0.25, random_start=False, use_cluster=False)
     assert torch.equal(out.cpu(), ref)
+
+
+# ------------------------------------------------------- per-sample blocked kNN
+
+
+@SETTINGS
+@given(
+    counts=st.lists(st.integers(4, 9), min_size=2, max_size=6),
+    k=st.integers(1, 6),
+    dim=st.sampled_from([2, 3, 12]),
+    seed=st.integers(0, 2**31 - 1),
+    grid=st.booleans(),
+)
+def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid):
+    """Many similar small samples take the blocked path (padded per-sample blocks); it is exact."""
+    batch = _batch(counts)
+    pos = _points(len(batch), dim, seed, grid)
+    blocked = nb._knn_blocked(pos, pos, k, batch, batch, len(counts), exclude_self=True, budget_elems=10**6)
+    assert blocked is not None, "similar small samples should take the blocked path"
+    edge = knn_graph(pos, k, batch, use_cluster=False)
+    assert torch.equal(edge, blocked.flip(0)), "knn_graph did not use the blocked path"
+    src, dst = edge
+    assert not bool((src == dst).any())
+    assert bool((batch[src] == batch[dst]).all())
+    assert bool((dst[1:] >= dst[:-1]).all()), "centres not grouped in order"
+    ref = _ref_knn_dists(pos, pos, k, batch.tolist(), batch.tolist(), exclude_self=True)
+    _assert_close_lists(_got_knn_dists(pos, pos, edge.flip(0), len(batch)), ref)
+
+
+def test_blocked_knn_declines_very_ragged_batches():
+    """One large sample among tiny ones would pad every block to its size: the chunked path runs."""
+    batch = _batch([400, 2, 2, 2, 2, 2, 2, 2])
+    pos = _points(len(batch), 3, 0, False)
+    bx = batch
+    assert nb._knn_blocked(pos, pos, 4, bx, bx, 8, exclude_self=True, budget_elems=10**7) is None
+
+
+# ------------------------------------------------------- serialised (approximate) kNN
+
+
+@SETTINGS
+@given(counts=ragged, k=st.integers(1, 8), seed=st.integers(0, 2**31 - 1), grid=st.booleans())
+def test_serial_knn_graph_is_a_valid_neighbour_graph(counts, k, seed, grid):
+    batch = _batch(counts)
+    pos = _points(len(batch), 3, seed, grid)
+    edge = nb.serial_knn_graph(pos, k, batch)
+    src, dst = edge
+    assert edge.dtype == torch.long and edge.shape[0] == 2
+    assert not bool((src == dst).any()), "self loop"
+    if edge.numel():
+        assert bool((batch[src] == batch[dst]).all()), "an edge across samples"
+        assert len(set(map(tuple, edge.t().tolist()))) == edge.shape[1], "duplicate edge"
+    deg = torch.bincount(dst, minlength=len(batch))
+    most = torch.tensor([min(k, c - 1) for c in counts for _ in range(c)], dtype=torch.long)
+    assert bool((deg <= most).all())
+    # a sample small enough to sit inside every point's windows is linked completely
+    for sample, count in enumerate(counts):
+        if 1 < count <= k // 2 + 1:
+            assert bool((deg[batch == sample] == count - 1).all())
+
+
+def test_serial_knn_graph_finds_near_points():
+    """Against the exact graph on 32 clouds of 256 points: most true neighbours, short edges."""
+    batch = _batch([256] * 32)
+    pos = _points(len(batch), 3, 5, False)
+    exact = knn_graph(pos, 8, batch, use_cluster=False)
+    approx = nb.serial_knn_graph(pos, 8, batch)
+    assert approx.shape[1] >= 0.95 * exact.shape[1]
+    found = set(map(tuple, exact.t().tolist())) & set(map(tuple, approx.t().tolist()))
+    assert len(found) >= 0.45 * exact.shape[1]
+
+    def mean_length(edge: torch.Tensor) -> float:
+        return float((pos[edge[0]] - pos[edge[1]]).norm(dim=1).mean())
+
+    assert mean_length(approx) <= 1.7 * mean_length(exact)
+
+
+def test_serial_knn_graph_errors():
+    with pytest.raises(BottleneckError, match="3-d points"):
+        nb.serial_knn_graph(torch.rand(10, 2), 4)
+    with pytest.raises(BottleneckError, match="finite"):
+        nb.serial_knn_graph(torch.tensor([[0.0, float("nan"), 1.0]]), 4)
+    assert nb.serial_knn_graph(torch.empty(0, 3), 4).shape == (2, 0)

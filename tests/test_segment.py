@@ -83,3 +83,38 @@ def test_auroc_perfect_and_reversed() -> None:
     labels = torch.tensor([False, False, True, True])
     assert segment_auroc(scores, labels).item() == 1.0
     assert segment_auroc(-scores, labels).item() == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), width=st.integers(1, 4),
+       seed=st.integers(0, 10_000), shuffled=st.booleans())
+def test_segment_max_and_mean_equal_a_per_sample_loop(counts: list[int], width: int, seed: int,
+                                                      shuffled: bool) -> None:
+    """Values and gradients, on sorted units (the CSR path) and shuffled ones (scatter); empty samples give 0."""
+    from bottleneck.segment import segment_max, segment_mean
+
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
+    values = torch.randn(len(batch), width, generator=g)
+    if shuffled:
+        order = torch.randperm(len(batch), generator=g)
+        batch, values = batch[order], values[order]
+    for reduce, fn in (("max", segment_max), ("mean", segment_mean)):
+        got_input = values.clone().requires_grad_()
+        got = fn(got_input, batch, len(counts))
+        ref_input = values.clone().requires_grad_()
+        rows = []
+        for sample in range(len(counts)):
+            part = ref_input[batch == sample]
+            if part.shape[0] == 0:
+                rows.append(torch.zeros(width))
+            else:
+                rows.append(part.amax(0) if reduce == "max" else part.mean(0))
+        ref = torch.stack(rows)
+        assert torch.allclose(got, ref, atol=1e-6), reduce
+        if not len(batch):
+            continue
+        weights = torch.randn(len(counts), width, generator=g)
+        (got * weights).sum().backward()
+        (ref * weights).sum().backward()
+        assert torch.allclose(got_input.grad, ref_input.grad, atol=1e-6), reduce

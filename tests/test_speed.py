@@ -1,0 +1,130 @@
+"""``bottleneck bench speed``: every section is measured on real models, and the claims follow the figures.
+
+Speed itself is not asserted here (timings belong in benchmarks); what is asserted
+is that the benchmark measures what it says: the sparse path really keeps the
+requested fraction and removes the rest, the accuracies come from trained models,
+and each claim is computed from the figures it names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bottleneck.cli import main
+from bottleneck.errors import BottleneckError
+from bottleneck.speed import KEEPS, SpeedCase, Timing, claims, markdown, run_speed
+from bottleneck_image.speed import placed_digits
+from bottleneck_image.speed import prepare_speed as image_cases
+from bottleneck_pointcloud.speed import prepare_speed as pointcloud_cases
+from bottleneck_text.speed import prepare_speed as text_cases
+
+TINY = Timing(repeats=2, warmup=0)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    points = pointcloud_cases(quick=True, train_size=64, dgcnn_train_size=32, test_size=32, min_points=24,
+                              max_points=40, pointnet_epochs=2, pointnet_joint_epochs=1)
+    text = text_cases(quick=True, train_size=64, test_size=32, epochs=1, joint_epochs=1)
+    images = image_cases(quick=True, vit_epochs=1, joint_epochs=1, test_size=64)
+    cases = [points[0], text[1], images[0]]  # PointNet, BERT, CNN: both kinds of case, three modalities
+    return run_speed(cases, "cpu", timing=TINY, progress=False, scaling=True, scaling_sizes=(300, 600))
+
+
+def test_every_section_has_every_model(report: dict) -> None:
+    assert set(report["train_overhead"]) == {"PointNet", "BERT", "CNN"}
+    assert set(report["explain_overhead"]) == {"PointNet", "BERT", "CNN"}
+    assert set(report["sparse_speedup"]) == {"PointNet", "BERT"}  # a CNN cannot skip pixels
+    for section in ("train_overhead", "explain_overhead"):
+        assert all(math.isfinite(r) and r > 0 for r in report[section].values())
+    for per_keep in report["sparse_speedup"].values():
+        assert list(per_keep) == [str(k) for k in KEEPS]
+        assert all(v["speedup"] > 0 and 0.0 <= v["accuracy"] <= 1.0 for v in per_keep.values())
+    assert report["details"]["explain"]["CNN"]["where"] == "layer2"
+    json.dumps(report)  # the report is JSON as it stands
+
+
+def test_sparse_path_keeps_the_requested_fraction_and_removes_the_rest(report: dict) -> None:
+    for name in ("PointNet", "BERT"):
+        details = report["details"]["sparse"][name]
+        assert details["units_removed"] is True
+        for keep, figures in details["keeps"].items():
+            # each sample keeps ceil(keep * n) of its n units
+            assert float(keep) <= figures["kept"] <= float(keep) + 0.1, (name, keep)
+        assert details["train_seconds"]["dense"] > 0 and details["train_seconds"]["masked"] > 0
+
+
+def test_scaling_section(report: dict) -> None:
+    scaling = report["scaling"]
+    assert set(scaling["sizes"]) == {"300", "600"}
+    for row in scaling["sizes"].values():
+        assert row["mask_layer_ms"] > 0 and row["knn_ms"] > 0 and row["serial_knn_ms"] > 0
+        assert row["knn_peak_mib"] >= 0
+    assert scaling["knn_peak_under_2_gib"] is (scaling["knn_peak_mib_at_largest"] < 2048)
+
+
+def test_claims_follow_the_figures(report: dict) -> None:
+    got = report["claims"]
+    assert got["train_overhead_at_most_1.25"]["holds"] is all(r <= 1.25 for r in report["train_overhead"].values())
+    changed = json.loads(json.dumps(report))
+    changed["train_overhead"]["CNN"] = 9.0
+    changed["explain_overhead"] = {name: 0.5 for name in changed["explain_overhead"]}
+    at = changed["sparse_speedup"]["PointNet"]["0.25"]
+    at["speedup"], at["accuracy"] = 10.0, changed["details"]["sparse"]["PointNet"]["dense_accuracy"] - 0.05
+    again = claims(changed, {"PointNet": 2.5})
+    assert again["train_overhead_at_most_1.25"] == {"holds": False, "worst": "CNN", "worst_ratio": 9.0}
+    assert again["explain_overhead_at_most_1.5"]["holds"] is True
+    assert again["sparse_speedup_PointNet"]["speedup_holds"] is True
+    assert again["sparse_speedup_PointNet"]["accuracy_holds"] is False
+    text = markdown(report, "bottleneck bench speed --quick")
+    for name in ("PointNet", "BERT", "CNN", "keep 0.25", "mask layer"):
+        assert name in text
+
+
+def test_a_sparse_target_needs_data() -> None:
+    with pytest.raises(BottleneckError, match="needs train and test data"):
+        SpeedCase("m", "image", torch.nn.Identity, (torch.zeros(1), torch.zeros(1)), sparse_target=2.0)
+    with pytest.raises(BottleneckError, match="no speed cases"):
+        run_speed([], "cpu")
+
+
+def test_placed_digits_put_each_digit_in_one_quadrant() -> None:
+    from bottleneck_image.data import load_digits
+
+    digits, _ = load_digits(16, test_size=100)
+    digits = digits[torch.arange(12)]
+    fixed = placed_digits(digits, quadrant=3)
+    assert fixed.images.shape == (12, 1, 32, 32)
+    assert torch.equal(fixed.images[:, :, 16:, 16:], digits.images)
+    assert bool(fixed.gt[:, 16:, 16:].all()) and int(fixed.gt.sum()) == 12 * 256
+    drawn = placed_digits(digits, seed=1)
+    assert torch.equal(drawn.gt.sum((1, 2)), torch.full((12,), 256))
+    assert float(drawn.images[~drawn.gt.unsqueeze(1)].max()) <= 0.05  # noise elsewhere
+
+
+def test_cli_writes_json_and_markdown(tmp_path, capsys) -> None:
+    out, table = tmp_path / "speed.json", tmp_path / "speed.md"
+    code = main(["bench", "speed", "--modality", "text", "--models", "BiLSTM", "--quick", "--repeats", "2",
+                 "--warmup", "0", "--no-scaling", "--no-progress", "--json", str(out), "--markdown", str(table)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["train_overhead"]) == {"BiLSTM"} and report["scaling"] is None
+    assert report["command"].startswith("bottleneck ")
+    assert "BiLSTM" in table.read_text() and "BiLSTM" in capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path, capsys) -> None:
+    args = ["bench", "speed", "--json", str(tmp_path / "x.json"), "--no-scaling", "--quick"]
+    assert main([*args, "--modality", "text", "--models", "ResNet50"]) == 2
+    assert "ResNet50" in capsys.readouterr().err
+    assert main([*args, "--modality", "audio"]) == 2
+    assert "no speed benchmark for modality 'audio'" in capsys.readouterr().err
+    assert main([*args, "--repeats", "1"]) == 2
+    assert "--repeats must be >= 2" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*args, "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
