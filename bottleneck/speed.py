@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import BottleneckError
-from .timing import interleaved
+from .timing import interleaved, quartiles
 from .train import _to, call_model, evaluate, fit
 from .wrap import _logits_of, attach
 
@@ -103,6 +103,11 @@ def _ms(times: list[float]) -> float:
     return 1e3 * statistics.median(times)
 
 
+def _spread(times: dict[str, list[float]]) -> dict[str, float]:
+    """Interquartile range (ms) of each mode's timings, to judge how noisy the machine was."""
+    return {name: quartiles(values)["iqr_ms"] for name, values in times.items()}
+
+
 def _plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, targets: Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(_logits_of(call_model(model, inputs)), targets).backward()
@@ -131,7 +136,7 @@ def train_overhead(case: SpeedCase, device: torch.device, timing: Timing) -> dic
         "masked": lambda: _masked_step(masked, masked_opt, inputs, targets),
     }, timing.repeats, timing.warmup, device)
     plain_ms, masked_ms = _ms(times["plain"]), _ms(times["masked"])
-    return {"plain_ms": plain_ms, "masked_ms": masked_ms, "ratio": masked_ms / plain_ms}
+    return {"plain_ms": plain_ms, "masked_ms": masked_ms, "ratio": masked_ms / plain_ms, "iqr_ms": _spread(times)}
 
 
 def explain_overhead(case: SpeedCase, device: torch.device, timing: Timing) -> dict[str, float]:
@@ -148,7 +153,7 @@ def explain_overhead(case: SpeedCase, device: torch.device, timing: Timing) -> d
         }, timing.repeats, timing.warmup, device)
     forward_ms, explain_ms = _ms(times["forward"]), _ms(times["explain"])
     return {"forward_ms": forward_ms, "explain_ms": explain_ms, "ratio": explain_ms / forward_ms,
-            "where": case.explain_options.get("where", "input")}
+            "where": case.explain_options.get("where", "input"), "iqr_ms": _spread(times)}
 
 
 @dataclass
@@ -199,7 +204,7 @@ def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, 
                                "accuracy": scores["accuracy"], "kept": scores.get("keep_rate", float("nan"))}
     removed = models.masked.sparse(inputs, keep=TARGET_KEEP).removed
     return {"dense_ms": dense_ms, "dense_accuracy": dense_accuracy, "keeps": per_keep,
-            "units_removed": bool(removed), "train_seconds": models.seconds}
+            "units_removed": bool(removed), "train_seconds": models.seconds, "iqr_ms": _spread(times)}
 
 
 def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:

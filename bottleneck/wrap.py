@@ -171,7 +171,11 @@ class MaskedModel(nn.Module):
         adapter.check_baseline(self.baseline)
         if self.baseline_state is None:
             self.baseline_state = adapter.make_baseline(self.baseline)
-        if self.unit_encoder is None:
+        if self.unit_encoder is None and self.target_layer is None:
+            # encoders read input units (an image's pixels around each patch); a hidden layer's
+            # features already see their neighbourhood (a CNN's layer2 has a receptive field of
+            # many pixels), and convolving them again cost an explanation at layer2 a third of
+            # a forward pass, so hidden units are scored as they come
             self.unit_encoder = adapter.make_encoder()
         self._adapter = adapter
         return adapter

@@ -38,11 +38,6 @@ class GridEncoder(nn.Module):
         self.grid = nn.Conv2d(width, 2 * width, 3, padding=1)
 
     def forward(self, units: Units) -> Tensor:
-        if units.meta.get("kind") == "hidden":
-            # a hidden layer's features already see their neighbourhood (a CNN's layer2 has a
-            # receptive field of many pixels): convolving them again cost an explanation at
-            # layer2 a third of a forward pass, so hidden units are scored as they come
-            return units.x
         image = units.meta.get("image")
         if not isinstance(image, Tensor):
             raise BottleneckError("GridEncoder needs image units (units.meta['image'] from the image modality)")
