@@ -33,6 +33,8 @@ and averaged over each input patch.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -94,6 +96,27 @@ def grid_edges(rows: int, cols: int, num_samples: int, device: torch.device) -> 
     one = torch.cat([one, one.flip(0)], dim=1)
     offsets = (torch.arange(num_samples, device=device) * rows * cols).repeat_interleave(one.shape[1])
     return one.repeat(1, num_samples) + offsets
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_layout(
+    num_samples: int, rows: int, cols: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(pos, position feature in [-1, 1], batch)`` of ``num_samples`` unit grids, built once per shape.
+
+    The index structure of a batch of images depends on its shape alone; rebuilding it on
+    every training step was a dozen small ops. Callers must not modify the tensors in place.
+    """
+    r = torch.arange(rows, device=device, dtype=dtype)
+    c = torch.arange(cols, device=device, dtype=dtype)
+    grid = torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).view(-1, 2)
+    pos = grid.repeat(num_samples, 1)
+    position = 2 * pos / torch.tensor([max(rows - 1, 1), max(cols - 1, 1)], device=device, dtype=dtype) - 1
+    batch = torch.arange(num_samples, device=device).repeat_interleave(rows * cols)
+    return pos, position, batch
+
+
+_grid_edges_cached = functools.lru_cache(maxsize=16)(grid_edges)
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
@@ -247,15 +270,10 @@ class ImageModality(Modality):
             scale = padded.reshape(num_samples, -1).pow(2).mean(-1).sqrt().clamp(min=1e-6)
             padded = padded / scale.view(-1, 1, 1, 1)
             values = values / scale.repeat_interleave(rows * cols).unsqueeze(-1)
-        r = torch.arange(rows, device=images.device, dtype=values.dtype)
-        c = torch.arange(cols, device=images.device, dtype=values.dtype)
-        grid = torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).view(-1, 2)
-        pos = grid.repeat(num_samples, 1)
-        position = pos / torch.tensor([max(rows - 1, 1), max(cols - 1, 1)], device=pos.device, dtype=pos.dtype)
-        batch = torch.arange(num_samples, device=images.device).repeat_interleave(rows * cols)
-        edge_index = grid_edges(rows, cols, num_samples, images.device) if with_graph else None
+        pos, position, batch = _grid_layout(num_samples, rows, cols, images.device, values.dtype)
+        edge_index = _grid_edges_cached(rows, cols, num_samples, images.device) if with_graph else None
         return Units(
-            x=torch.cat([values, 2 * position - 1], dim=-1), batch=batch, num_samples=num_samples, pos=pos,
+            x=torch.cat([values, position], dim=-1), batch=batch, num_samples=num_samples, pos=pos,
             edge_index=edge_index,
             meta={"kind": kind, "patch": patch, "grid": (rows, cols), "size": (height, width), "image": padded,
                   **({"features": raw} if kind == "hidden" else {})},

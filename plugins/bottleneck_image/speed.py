@@ -28,7 +28,7 @@ from .models import make_vit
 #: (quick, full) sizes.
 SIZES: dict[bool, dict[str, int]] = {
     True: {"vit_epochs": 20, "joint_epochs": 6, "test_size": 300},
-    False: {"vit_epochs": 30, "joint_epochs": 10, "test_size": 500},
+    False: {"vit_epochs": 30, "joint_epochs": 12, "test_size": 500},
 }
 BATCH_SIZE = 64
 CANVAS = 32
