@@ -34,7 +34,6 @@ and averaged over each input patch.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
