@@ -7,7 +7,7 @@ For each size (1k, 10k, 100k points), one sample of random points:
   the cost should grow linearly with the units (the 10k/1k ratio near 10);
 * ``knn_ms`` and ``knn_peak_mib``: :func:`bottleneck.neighbors.knn_graph` (k=16, the exact
   chunked pure-torch search unless torch_cluster imports). Peak memory is measured in a
-  fresh child process: the rise of its peak resident set size (``ru_maxrss``) over the
+  fresh child process: the rise of its peak resident set size (``VmHWM``) over the
   level after the points were made, so it counts every allocation of the call (CPU), or
   ``torch.cuda.max_memory_allocated`` on CUDA. A dense ``N x N`` float distance matrix
   would need 37 GiB at 100k points; the chunked kNN must stay under 2 GiB;
@@ -41,6 +41,19 @@ SERIAL_K = 8
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak resident set size, MiB.
+
+    ``VmHWM`` from ``/proc/self/status`` where there is one: ``ru_maxrss`` survives
+    ``exec`` on Linux, so a child started by a large parent (the benchmark, 1-2 GiB
+    after training) reported the parent's peak and a kNN rise of 0.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -89,6 +102,22 @@ def serial_knn_ms(points: int, device: torch.device, repeats: int) -> float:
     return _median_ms(lambda: serial_knn_graph(pos, SERIAL_K), device, max(3, repeats // 2))
 
 
+def linear_fit(sizes: list[int], times_ms: list[float]) -> dict[str, float]:
+    """Least-squares ``time = fixed + slope * units``: a per-call cost and a per-unit cost.
+
+    A ratio of raw times is not linear when a fixed per-call cost (kernel launches, small
+    ops on per-sample tensors) dominates the smallest size; the fit separates the two, and
+    its largest relative residual says how well a straight line describes the growth.
+    """
+    x = torch.tensor(sizes, dtype=torch.float64)
+    y = torch.tensor(times_ms, dtype=torch.float64)
+    design = torch.stack([torch.ones_like(x), x], dim=1)
+    fixed, slope = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1).tolist()
+    fitted = fixed + slope * x
+    return {"fixed_ms": fixed, "ms_per_1k_units": 1000 * slope,
+            "max_relative_residual": float(((y - fitted).abs() / y).max())}
+
+
 def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 7, sizes: tuple[int, ...] = SIZES,
                 progress: bool = True) -> dict[str, object]:
     """Figures per size, the 10k/1k ratio of the mask layer and the 2 GiB kNN memory check."""
@@ -111,6 +140,8 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 7, sizes: 
         report["mask_layer_linear_8_to_12"] = 8.0 <= ratio <= 12.0
     if "10000" in rows and "100000" in rows:
         report["mask_layer_ratio_100k_over_10k"] = rows["100000"]["mask_layer_ms"] / rows["10000"]["mask_layer_ms"]
+    if len(rows) >= 2:
+        report["mask_layer_fit"] = linear_fit([int(n) for n in rows], [r["mask_layer_ms"] for r in rows.values()])
     largest = str(max(sizes))
     report["knn_peak_mib_at_largest"] = rows[largest]["knn_peak_mib"]
     report["knn_peak_under_2_gib"] = rows[largest]["knn_peak_mib"] < 2048

@@ -321,6 +321,10 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
         if "mask_layer_ratio_10k_over_1k" in scaling:
             lines.append(f"\nMask layer 10k/1k: {scaling['mask_layer_ratio_10k_over_1k']:.2f}; "
                          f"100k/10k: {_cell(scaling.get('mask_layer_ratio_100k_over_10k'))}.")
+        fit = scaling.get("mask_layer_fit")
+        if fit:
+            lines.append(f"Linear fit: {fit['fixed_ms']:.2f} ms per call + {fit['ms_per_1k_units']:.2f} ms per 1k "
+                         f"units (largest residual {100 * fit['max_relative_residual']:.0f}%).")
     lines += ["", "Claims:"]
     for name, claim in report["claims"].items():
         lines.append(f"- `{name}`: {claim}")

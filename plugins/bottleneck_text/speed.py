@@ -23,6 +23,9 @@ SIZES: dict[bool, dict[str, int]] = {
 BATCH_SIZE = 32
 MAX_LENGTH = 128
 WORDS = {"min_words": 60, "max_words": 110}
+#: BERT's mask is fine-tuned onto the trained dense BERT with the top-k gate, as the other
+#: sparse models are: with hard-concrete gates the fine-tuned BERT lost 22 points even on
+#: every token (0.752 against 1.000 dense; a full run, one seed).
 #: The issue's sparse speed-up target for BERT at keep 0.25.
 BERT_TARGET = 1.8
 
@@ -52,6 +55,6 @@ def prepare_speed(*, quick: bool = False, seed: int = 0, **overrides: Any) -> li
             name="BERT", modality="text", make_model=lambda: build_model("bert", vocab, classes),
             batch=test[0], attach_options=options, sparse_target=BERT_TARGET, train=train, test=test,
             epochs=sizes["epochs"], lr=SETTINGS["bert"]["lr"], joint_epochs=sizes["joint_epochs"],
-            joint_lr=SETTINGS["bert"]["lr"], settings=settings,
+            joint_lr=SETTINGS["bert"]["lr"], joint_options={"gate": "topk"}, settings=settings,
         ),
     ]
