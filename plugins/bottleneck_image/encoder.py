@@ -30,7 +30,7 @@ class GridEncoder(nn.Module):
     :param width: channels of the pixel-level convolutions; the grid convolution has ``2 * width``.
     """
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 32) -> None:
         super().__init__()
         self.width = width
         self.pixels = nn.LazyConv2d(width // 2, 3, padding=1)
