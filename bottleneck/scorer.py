@@ -10,7 +10,6 @@ predicting one logit per array index from a global vector.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .segment import segment_max, segment_mean
@@ -51,12 +50,7 @@ class EquivariantScorer(nn.Module):
         if not self.context:
             return self.head(h)
         context = torch.cat([segment_max(h, batch, num_samples), segment_mean(h, batch, num_samples)], -1)
-        # head[0](cat([h, context[batch]])), computed as W_h h + (W_c context)[batch]: the
-        # context's share of the first layer runs once per sample instead of once per unit
-        first = self.head[0]
-        local = F.linear(h, first.weight[:, : self.hidden], first.bias)
-        shared = F.linear(context, first.weight[:, self.hidden :])
-        return self.head[1:](local + shared.index_select(0, batch))
+        return self.head(torch.cat([h, context[batch]], dim=-1))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}, "

@@ -90,7 +90,7 @@ def test_auroc_perfect_and_reversed() -> None:
        seed=st.integers(0, 10_000), shuffled=st.booleans())
 def test_segment_max_and_mean_equal_a_per_sample_loop(counts: list[int], width: int, seed: int,
                                                       shuffled: bool) -> None:
-    """Values and gradients, on sorted units (the CSR path) and shuffled ones (scatter); empty samples give 0."""
+    """Values and gradients, on sorted and shuffled units; empty samples give 0."""
     from bottleneck.segment import segment_max, segment_mean
 
     g = torch.Generator().manual_seed(seed)
