@@ -66,6 +66,7 @@ class MaskLayer(nn.Module):
         model must learn the task before the mask can learn what the task needs; with a
         tight budget from step 0 neither gets a signal (the image demo uses 0.3).
     :param in_features: unit feature size, or ``None`` to infer on first call.
+    :param gate_options: keyword arguments of the named gate (``{"noise": 1.0}`` for ``topk``).
     :param context: give the scorer each sample's pooled context (see
         :class:`~bottleneck.scorer.EquivariantScorer`); ``False`` scores every unit on its own.
     """
@@ -86,6 +87,7 @@ class MaskLayer(nn.Module):
         keep_warmup: float = 0.0,
         in_features: int | None = None,
         context: bool = True,
+        gate_options: dict | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0.0 < keep <= 1.0:
@@ -95,7 +97,9 @@ class MaskLayer(nn.Module):
         if isinstance(gate, str):
             from .plugins import make_gate
 
-            gate = make_gate(gate, keep=keep)
+            gate = make_gate(gate, keep=keep, **(gate_options or {}))
+        elif gate_options:
+            raise BottleneckError("gate_options apply to a gate given by name, not to a Gate instance")
         elif not isinstance(gate, Gate):
             raise BottleneckError(f"gate must be a gate name or a Gate instance (got {describe(gate)})")
         self.gate = gate

@@ -219,7 +219,11 @@ def make_gate(name: str, **kwargs: Any) -> Gate:
     known = gate_types()
     if name not in known:
         raise BottleneckError(f"gate must be one of {sorted(known)} (got {name!r})")
-    return known[name](**kwargs)
+    try:
+        return known[name](**kwargs)
+    except TypeError as error:
+        options = sorted(k for k in kwargs if k != "keep")
+        raise BottleneckError(f"gate {name!r} does not take the options {options}: {error}") from None
 
 
 def detect_modality(inputs: Any) -> str:

@@ -73,6 +73,7 @@ def fit(
     *,
     epochs: int = 10,
     lr: float = 1e-3,
+    mask_lr: float | None = None,
     weight_decay: float = 0.0,
     schedule: str | None = "cosine",
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
@@ -86,6 +87,10 @@ def fit(
 
     :param model: a :class:`MaskedModel` or a plain classifier returning logits.
     :param data: batches as ``(inputs, targets)`` pairs, or PyG batches with ``.y``.
+    :param mask_lr: learning rate of the mask's own parameters (scorer, encoder, learned
+        baseline) when ``model`` is a :class:`MaskedModel`; ``None``: ``lr``. Fine-tuning a
+        mask onto a trained model wants a small ``lr`` for the model and a larger one for
+        the mask, which starts from scratch.
     :param schedule: ``"cosine"`` anneals the learning rate to 0 over training; ``None`` keeps it.
     :param loss_fn: task loss on ``(logits, targets)``; unused in explain mode.
     :param device: move the model and each batch there (default: the model's device).
@@ -95,6 +100,8 @@ def fit(
     """
     if epochs < 1:
         raise BottleneckError(f"epochs must be >= 1 (got {epochs})")
+    if mask_lr is not None and not mask_lr > 0:
+        raise BottleneckError(f"mask_lr must be > 0 (got {mask_lr!r})")
     if schedule not in (None, "cosine"):
         raise BottleneckError(f"schedule must be 'cosine' or None (got {schedule!r})")
     if device is None:
@@ -139,8 +146,8 @@ def fit(
             if not torch.isfinite(loss):
                 raise BottleneckError(f"training loss became {float(loss)} at epoch {epoch + 1}, step {step}")
             if optimizer is None:  # after the first call, so lazily sized layers exist
-                params = [p for p in model.parameters() if p.requires_grad]
-                optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+                optimizer = torch.optim.Adam(_param_groups(model, masked, lr, mask_lr), lr=lr,
+                                             weight_decay=weight_decay)
                 if schedule == "cosine":
                     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1))
             optimizer.zero_grad(set_to_none=True)
@@ -164,6 +171,17 @@ def fit(
     if masked is not None:
         _check_faithful(masked, history)
     return history
+
+
+def _param_groups(model: nn.Module, masked: MaskedModel | None, lr: float,
+                  mask_lr: float | None) -> list[dict[str, Any]]:
+    """Optimizer groups: the wrapped model's trainable parameters at ``lr``, the mask's at ``mask_lr``."""
+    if masked is None or mask_lr is None:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    inner = {id(p) for p in masked.model.parameters()}
+    own = [p for p in masked.parameters() if p.requires_grad and id(p) not in inner]
+    wrapped = [p for p in masked.model.parameters() if p.requires_grad]
+    return [group for group in ({"params": wrapped, "lr": lr}, {"params": own, "lr": mask_lr}) if group["params"]]
 
 
 #: An explain-mode mask whose last-epoch KL exceeds this multiple of epsilon gets a warning.

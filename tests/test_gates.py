@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from bottleneck.errors import BottleneckError
 from bottleneck.gates import BUILTIN_GATES, Gate
+from bottleneck.layer import MaskLayer
 from bottleneck.plugins import make_gate
 
 GATE_NAMES = [g.name for g in BUILTIN_GATES]
@@ -116,3 +117,12 @@ def test_bad_keep_is_rejected(keep: float) -> None:
 def test_unknown_gate_names_the_choices() -> None:
     with pytest.raises(BottleneckError, match="gate must be one of .*hard_concrete.*got 'hardconcrete'"):
         make_gate("hardconcrete")
+
+
+def test_gate_options_reach_the_named_gate() -> None:
+    layer = MaskLayer("hard_concrete", keep=0.3, gate_options={"temperature": 0.5})
+    assert layer.gate.temperature == 0.5
+    with pytest.raises(BottleneckError, match=r"gate 'topk' does not take the options \['temperature'\]"):
+        MaskLayer("topk", keep=0.3, gate_options={"temperature": 0.5})
+    with pytest.raises(BottleneckError, match="gate_options apply to a gate given by name"):
+        MaskLayer(make_gate("topk", keep=0.3), keep=0.3, gate_options={"temperature": 0.5})

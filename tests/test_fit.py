@@ -1,0 +1,50 @@
+"""``fit``'s separate learning rate for the mask: it reaches the mask's parameters, and only them."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch_geometric.loader import DataLoader
+
+from bottleneck import attach
+from bottleneck.errors import BottleneckError
+from bottleneck.train import fit
+from bottleneck_pointcloud.data import make_shapes
+from bottleneck_pointcloud.models import PointNet
+
+
+def _masked_and_data():
+    torch.manual_seed(0)
+    clouds = make_shapes(32, min_points=20, max_points=40, seed=0)
+    masked = attach(PointNet(8, hidden=8), "pointcloud", keep=0.5, gate="topk")
+    loader = DataLoader(clouds, batch_size=16)
+    fit(masked, loader, epochs=1, lr=1e-12, progress=False)  # build lazily sized layers
+    return masked, loader
+
+
+def _moved(before: torch.nn.Module, after: torch.nn.Module) -> float:
+    return sum(float((a - b).abs().sum()) for a, b in zip(before.parameters(), after.parameters(), strict=True))
+
+
+def test_mask_lr_trains_the_mask_at_its_own_rate() -> None:
+    masked, loader = _masked_and_data()
+    start = copy.deepcopy(masked)
+    fit(masked, loader, epochs=2, lr=1e-12, mask_lr=1e-2, schedule=None, progress=False)
+    assert _moved(start.model, masked.model) < 1e-6  # the model's rate is ~0: it stayed put
+    assert _moved(start.mask, masked.mask) > 1e-2  # the mask's own rate moved the scorer
+
+    masked, loader = _masked_and_data()
+    start = copy.deepcopy(masked)
+    fit(masked, loader, epochs=2, lr=1e-2, mask_lr=1e-12, schedule=None, progress=False)
+    assert _moved(start.model, masked.model) > 1e-2
+    assert _moved(start.mask, masked.mask) < 1e-6
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-3, math.nan])
+def test_mask_lr_must_be_positive(bad: float) -> None:
+    masked, loader = _masked_and_data()
+    with pytest.raises(BottleneckError, match="mask_lr must be > 0"):
+        fit(masked, loader, epochs=1, mask_lr=bad, progress=False)
