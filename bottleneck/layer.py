@@ -66,7 +66,7 @@ class MaskLayer(nn.Module):
         model must learn the task before the mask can learn what the task needs; with a
         tight budget from step 0 neither gets a signal (the image demo uses 0.3).
     :param in_features: unit feature size, or ``None`` to infer on first call.
-    :param gate_options: keyword arguments of the named gate (``{"noise": 1.0}`` for ``topk``).
+    :param gate_options: keyword arguments of the named gate (``{"temperature": 0.5}`` for ``hard_concrete``).
     :param context: give the scorer each sample's pooled context (see
         :class:`~bottleneck.scorer.EquivariantScorer`); ``False`` scores every unit on its own.
     """

@@ -168,6 +168,14 @@ class SparseModels:
     seconds: dict[str, float]
 
 
+def _training(case: SpeedCase) -> dict[str, Any]:
+    """How a case's accuracy models are trained, for the report (empty for a timing-only case)."""
+    if case.sparse_target is None:
+        return {}
+    return {"epochs": case.epochs, "lr": case.lr, "joint_epochs": case.joint_epochs, "joint_lr": case.joint_lr,
+            "joint_mask_lr": case.joint_mask_lr, "joint_options": dict(case.joint_options)}
+
+
 def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool = True,
                         seed: int = 0) -> SparseModels:
     """Train the dense model, then the jointly masked one (keep 0.25) from it.
@@ -292,7 +300,7 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
     report["claims"] = claims(report, targets)
     report["settings"] = {
         **_environment(dev), "repeats": timing.repeats, "warmup": timing.warmup, "seed": seed,
-        "keeps": list(KEEPS), "cases": {case.name: {"modality": case.modality, **case.settings} for case in cases},
+        "keeps": list(KEEPS), "cases": {case.name: {"modality": case.modality, **_training(case), **case.settings} for case in cases},
     }
     report["seconds"] = time.perf_counter() - started
     return report

@@ -178,9 +178,9 @@ def _param_groups(model: nn.Module, masked: MaskedModel | None, lr: float,
     """Optimizer groups: the wrapped model's trainable parameters at ``lr``, the mask's at ``mask_lr``."""
     if masked is None or mask_lr is None:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    inner = {id(p) for p in masked.model.parameters()}
-    own = [p for p in masked.parameters() if p.requires_grad and id(p) not in inner]
     wrapped = [p for p in masked.model.parameters() if p.requires_grad]
+    inner = {id(p) for p in wrapped}
+    own = [p for p in masked.parameters() if p.requires_grad and id(p) not in inner]
     return [group for group in ({"params": wrapped, "lr": lr}, {"params": own, "lr": mask_lr}) if group["params"]]
 
 

@@ -98,7 +98,6 @@ def prepare_speed(*, quick: bool = False, seed: int = 0, **overrides: Any) -> li
             epochs=sizes["vit_epochs"], lr=vit_lr, joint_epochs=sizes["joint_epochs"], joint_lr=vit_lr,
             joint_mask_lr=MASK_LR_FACTOR * vit_lr, attach_options=SPARSE_MASK, joint_options={"gate": "topk"},
             settings={"model": f"ViT {VIT_CONFIG}, patch 4", "data": "digits in the top-left quadrant of a 32x32 noise canvas",
-                      "batch": BATCH_SIZE, "train_size": len(train_set), "lr": vit_lr,
-                      "joint_mask_lr": MASK_LR_FACTOR * vit_lr, **sizes},
+                      "batch": BATCH_SIZE, "train_size": len(train_set), **sizes},
         ),
     ]

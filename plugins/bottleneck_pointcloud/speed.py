@@ -83,8 +83,7 @@ def prepare_speed(*, quick: bool = False, seed: int = 0, **overrides: Any) -> li
             train=DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True), test=test,
             epochs=sizes["pointnet_epochs"], lr=LEARNING_RATE, joint_epochs=sizes["pointnet_joint_epochs"],
             joint_lr=JOINT_LR, joint_options=JOINT_OPTIONS,
-            settings={**settings, "model": f"PointNet(hidden={POINTNET_WIDTH})", "joint_lr": JOINT_LR,
-                      "joint_options": JOINT_OPTIONS},
+            settings={**settings, "model": f"PointNet(hidden={POINTNET_WIDTH})"},
         ),
         SpeedCase(
             name="DGCNN", modality="pointcloud", make_model=lambda: DGCNN(NUM_CLASSES),
@@ -92,7 +91,6 @@ def prepare_speed(*, quick: bool = False, seed: int = 0, **overrides: Any) -> li
             train=DataLoader(train_set[:sizes["dgcnn_train_size"]], batch_size=BATCH_SIZE, shuffle=True),
             test=test, epochs=sizes["dgcnn_epochs"], lr=LEARNING_RATE, joint_epochs=sizes["dgcnn_joint_epochs"],
             joint_lr=JOINT_LR, joint_mask_lr=DGCNN_MASK_LR, joint_options=DGCNN_JOINT_OPTIONS,
-            settings={**settings, "model": "DGCNN(k=16, hidden=64)", "joint_lr": JOINT_LR,
-                      "joint_mask_lr": DGCNN_MASK_LR, "joint_options": DGCNN_JOINT_OPTIONS},
+            settings={**settings, "model": "DGCNN(k=16, hidden=64)"},
         ),
     ]
