@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .segment import segment_max, segment_mean
+from .segment import broadcast, segment_max, segment_mean
 
 
 class EquivariantScorer(nn.Module):
@@ -50,7 +50,7 @@ class EquivariantScorer(nn.Module):
         if not self.context:
             return self.head(h)
         context = torch.cat([segment_max(h, batch, num_samples), segment_mean(h, batch, num_samples)], -1)
-        return self.head(torch.cat([h, context[batch]], dim=-1))
+        return self.head(torch.cat([h, broadcast(context, batch)], dim=-1))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}, "

@@ -118,3 +118,25 @@ def test_segment_max_and_mean_equal_a_per_sample_loop(counts: list[int], width: 
         (got * weights).sum().backward()
         (ref * weights).sum().backward()
         assert torch.allclose(got_input.grad, ref_input.grad, atol=1e-6), reduce
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), width=st.integers(1, 4),
+       seed=st.integers(0, 10_000))
+def test_broadcast_gives_each_unit_its_sample_row_and_sums_gradients_back(counts: list[int], width: int,
+                                                                            seed: int) -> None:
+    """``broadcast`` equals a per-unit loop; each sample's gradient is the sum over its units."""
+    from bottleneck.segment import broadcast
+
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
+    batch = batch[torch.randperm(len(batch), generator=g)]
+    per_sample = torch.randn(len(counts), width, generator=g, requires_grad=True)
+    got = broadcast(per_sample, batch)
+    assert got.shape == (len(batch), width)
+    for unit, sample in enumerate(batch.tolist()):
+        assert torch.equal(got[unit], per_sample[sample])
+    weights = torch.randn(len(batch), width, generator=g)
+    (got * weights).sum().backward()
+    for sample in range(len(counts)):
+        assert torch.allclose(per_sample.grad[sample], weights[batch == sample].sum(0), atol=1e-5)

@@ -47,7 +47,7 @@ from torch_geometric.utils import to_dense_batch
 from bottleneck.errors import BottleneckError, describe
 from bottleneck.modality import Modality
 from bottleneck.neighbors import serial_knn_graph
-from bottleneck.segment import compact, segment_mean
+from bottleneck.segment import broadcast, compact, segment_mean
 from bottleneck.units import Units, batch_from_counts, counts_to_ptr
 
 #: Neighbours per point in the unit graph used for smoothness. The graph is the
@@ -173,7 +173,7 @@ class PointCloudModality(Modality):
         if baseline == "zero":
             new_pos = gate * pos
         else:
-            new_pos = gate * pos + (1.0 - gate) * units.meta["centroid"][units.batch]
+            new_pos = gate * pos + (1.0 - gate) * broadcast(units.meta["centroid"], units.batch)
         if units.meta["kind"] == "dense":
             return new_pos.view_as(inputs)
         data = copy.copy(inputs)
@@ -245,7 +245,7 @@ class PointCloudModality(Modality):
         flat = features.reshape(units.num_units, -1)
         gate = gates.to(flat.dtype).unsqueeze(-1)
         if baseline == "centroid":
-            mean = segment_mean(flat, units.batch, units.num_samples)[units.batch]
+            mean = broadcast(segment_mean(flat, units.batch, units.num_samples), units.batch)
             gated = gate * flat + (1.0 - gate) * mean
         else:
             gated = gate * flat
