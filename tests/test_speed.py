@@ -31,7 +31,8 @@ def report() -> dict:
                               max_points=40, pointnet_epochs=2, pointnet_joint_epochs=1)
     text = text_cases(quick=True, train_size=64, test_size=32, epochs=1, joint_epochs=1)
     images = image_cases(quick=True, vit_epochs=1, joint_epochs=1, test_size=64)
-    cases = [points[0], text[1], images[0]]  # PointNet, BERT, CNN: both kinds of case, three modalities
+    # PointNet, BERT, CNN (ResNet-20), CNN-8 (not judged): every kind of case, three modalities
+    cases = [points[0], text[1], images[0], images[1]]
     return run_speed(cases, "cpu", timing=TINY, progress=False, scaling=True, scaling_sizes=(300, 600))
 
 
@@ -45,6 +46,9 @@ def test_every_section_has_every_model(report: dict) -> None:
         assert list(per_keep) == [str(k) for k in KEEPS]
         assert all(v["speedup"] > 0 and 0.0 <= v["accuracy"] <= 1.0 for v in per_keep.values())
     assert report["details"]["explain"]["CNN"]["where"] == "layer2"
+    # the unjudged CNN-8 is timed and reported but held to no target
+    assert report["details"]["train"]["CNN-8"]["judged"] is False and report["details"]["explain"]["CNN-8"]["ratio"] > 0
+    assert "| CNN-8 (not judged) |" in markdown(report)
     json.dumps(report)  # the report is JSON as it stands
 
 
@@ -88,6 +92,9 @@ def test_claims_follow_the_figures(report: dict) -> None:
 def test_a_sparse_target_needs_data() -> None:
     with pytest.raises(BottleneckError, match="needs train and test data"):
         SpeedCase("m", "image", torch.nn.Identity, (torch.zeros(1), torch.zeros(1)), sparse_target=2.0)
+    with pytest.raises(BottleneckError, match="judged figure"):
+        SpeedCase("m", "image", torch.nn.Identity, (torch.zeros(1), torch.zeros(1)), sparse_target=2.0,
+                  train=[], test=[(torch.zeros(1), torch.zeros(1))], judged=False)
     with pytest.raises(BottleneckError, match="no speed cases"):
         run_speed([], "cpu")
 
