@@ -43,8 +43,9 @@ def smoothness_loss(p_open: Tensor, edge_index: Tensor | None, batch: Tensor, nu
     if edge_index is None or edge_index.numel() == 0:
         return p_open.new_zeros(())
     src, dst = edge_index
-    diff = (p_open[src] - p_open[dst]).abs()
-    return segment_mean(diff, batch[dst], num_samples).mean()
+    # index_select, not p_open[src]: its backward is an index_add (2x faster on CPU)
+    diff = (p_open.index_select(0, src) - p_open.index_select(0, dst)).abs()
+    return segment_mean(diff, batch.index_select(0, dst), num_samples).mean()
 
 
 CONSTRAINT_KINDS = ("equal", "at_most")

@@ -118,7 +118,7 @@ def linear_fit(sizes: list[int], times_ms: list[float]) -> dict[str, float]:
             "max_relative_residual": float(((y - fitted).abs() / y).max())}
 
 
-def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 7, sizes: tuple[int, ...] = SIZES,
+def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes: tuple[int, ...] = SIZES,
                 progress: bool = True) -> dict[str, object]:
     """Figures per size, the 10k/1k ratio of the mask layer and the 2 GiB kNN memory check."""
     dev = torch.device(device)

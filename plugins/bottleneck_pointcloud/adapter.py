@@ -209,7 +209,7 @@ class PointCloudModality(Modality):
             if key in ("batch", "ptr", "edge_index") or not isinstance(value, Tensor) or value.dim() == 0:
                 continue
             if value.shape[0] == units.num_units and data.is_node_attr(key):
-                out[key] = value[index]
+                out[key] = value.index_select(0, index)
             elif valid_edges is not None and data.is_edge_attr(key):
                 out[key] = value[valid_edges]
         if getattr(data, "batch", None) is not None:
