@@ -17,7 +17,6 @@ from torch_geometric.nn import MLP, EdgeConv, global_max_pool
 
 from bottleneck.errors import BottleneckError, describe
 from bottleneck.neighbors import knn_graph
-from bottleneck.segment import broadcast
 
 __all__ = ["DGCNN", "PointNet", "TNet"]
 
@@ -131,7 +130,7 @@ class PointNet(nn.Module):
         pos, x, batch, b = _unpack(data, self.in_channels)
         if self.tnet is not None:
             transform = self.tnet(pos, batch, b)
-            pos = torch.bmm(pos.unsqueeze(1), broadcast(transform, batch)).squeeze(1)
+            pos = torch.bmm(pos.unsqueeze(1), transform[batch]).squeeze(1)
         h = pos if x is None else torch.cat([pos, x], dim=-1)
         h = global_max_pool(self.point_mlp(h), batch, size=b)
         return self.classifier(h)
