@@ -5,7 +5,7 @@
   The judged CNN is the standard CIFAR ResNet-20 (``SmallResNet(width=16, blocks=3)``,
   He et al. 2016), as PointNet is timed at its paper's width; the demo's one-block
   ResNet-8 is timed beside it (``CNN-8``, not judged). The mask's cost (grid encoder,
-  scorer, objective: about 55 ms a step on 64 images here) does not shrink with the
+  scorer, objective: about 50 ms a step on 64 images here) does not shrink with the
   model, so on the ResNet-8's 100 ms step it is 1.5-1.6x, on ResNet-20's 230-260 ms
   1.2x. A stride-2 pixel convolution in the encoder instead of convolution + max pool
   cut the ResNet-8 ratio to 1.40 but the planted-glyph demo's masked accuracy fell
