@@ -12,13 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import MLP, EdgeConv, global_max_pool
+from torch_geometric.utils import scatter
 
 from bottleneck.errors import BottleneckError, describe
 from bottleneck.neighbors import knn_graph
 
-__all__ = ["DGCNN", "PointNet", "TNet"]
+__all__ = ["DGCNN", "NodeSplitEdgeConv", "PointNet", "TNet"]
 
 
 def _unpack(data: Any, in_channels: int = 3) -> tuple[Tensor, Tensor | None, Tensor, int]:
@@ -136,10 +138,58 @@ class PointNet(nn.Module):
         return self.classifier(h)
 
 
+class NodeSplitEdgeConv(EdgeConv):
+    """EdgeConv with max aggregation whose MLP's first linear layer runs per node, not per edge.
+
+    EdgeConv's edge feature is ``mlp([x_i, x_j - x_i])``. Splitting the first layer's
+    weight ``W = [A | B]`` gives ``A x_i + B (x_j - x_i) + b = (A - B) x_i + b + B x_j``: two
+    per-node products and one gathered sum per edge, instead of a ``[E, 2C]`` concatenation
+    and a ``[E, 2C] x [2C, H]`` product (``E = k N``). The function, the parameters and the
+    state dict are those of :class:`~torch_geometric.nn.EdgeConv` with the same
+    :class:`~torch_geometric.nn.MLP`; only the arithmetic is ``k`` times smaller in the first
+    layer. Why: that layer and the concatenation were about half of DGCNN's time.
+    """
+
+    def __init__(self, mlp: MLP) -> None:
+        super().__init__(mlp, aggr="max")
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
+        """Per-node outputs [N, H] for node features ``x`` [N, C] and ``edge_index`` (source, target)."""
+        mlp: MLP = self.nn
+        first = mlp.lins[0]
+        channels = x.shape[-1]
+        to_self, to_offset = first.weight[:, :channels], first.weight[:, channels:]
+        per_target = F.linear(x, to_self - to_offset, first.bias)
+        per_source = F.linear(x, to_offset)
+        source, target = edge_index
+        h = per_target.index_select(0, target) + per_source.index_select(0, source)
+        h = _mlp_after_first_linear(mlp, h)
+        return scatter(h, target, dim=0, dim_size=x.shape[0], reduce="max")
+
+
+def _mlp_after_first_linear(mlp: MLP, h: Tensor) -> Tensor:
+    """The rest of ``MLP.forward`` once its first linear layer has been applied to ``h``."""
+    # with plain_last the last linear layer has no norm: zip stops before it
+    for i, (lin, norm) in enumerate(zip(mlp.lins, mlp.norms, strict=False)):
+        if i > 0:
+            h = lin(h)
+        if mlp.act is not None and mlp.act_first:
+            h = mlp.act(h)
+        h = norm(h)
+        if mlp.act is not None and not mlp.act_first:
+            h = mlp.act(h)
+        h = F.dropout(h, p=mlp.dropout[i], training=mlp.training)
+    if mlp.plain_last:
+        h = mlp.lins[-1](h)
+        h = F.dropout(h, p=mlp.dropout[-1], training=mlp.training)
+    return h
+
+
 class DGCNN(nn.Module):
     """Dynamic Graph CNN classifier (Wang et al., 2019), small version.
 
-    Three :class:`~torch_geometric.nn.EdgeConv` layers with max aggregation; the
+    Three :class:`~torch_geometric.nn.EdgeConv` layers with max aggregation (as
+    :class:`NodeSplitEdgeConv`, the same function at about half the cost); the
     kNN graph (``k`` neighbours, within each sample) is recomputed from the
     features of each layer's input -- coordinates first, then learned features.
     The concatenated layer outputs go through a per-point MLP, a global max pool
@@ -159,9 +209,9 @@ class DGCNN(nn.Module):
         self.k = k
         self.convs = nn.ModuleList(
             [
-                EdgeConv(_mlp([2 * 3, hidden, hidden]), aggr="max"),
-                EdgeConv(_mlp([2 * hidden, hidden, hidden]), aggr="max"),
-                EdgeConv(_mlp([2 * hidden, 2 * hidden, 2 * hidden]), aggr="max"),
+                NodeSplitEdgeConv(_mlp([2 * 3, hidden, hidden])),
+                NodeSplitEdgeConv(_mlp([2 * hidden, hidden, hidden])),
+                NodeSplitEdgeConv(_mlp([2 * hidden, 2 * hidden, 2 * hidden])),
             ]
         )
         self.point_mlp = _mlp([4 * hidden, 8 * hidden])
