@@ -7,9 +7,7 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.nn import EdgeConv
 
-from bottleneck.errors import BottleneckError
 from bottleneck.neighbors import knn_graph
-from bottleneck_pointcloud.augment import PointDropout
 from bottleneck_pointcloud.data import (
     CLASS_NAMES,
     NUM_CLASSES,
@@ -166,27 +164,6 @@ def test_node_split_edge_conv_equals_edge_conv(training: bool) -> None:
     torch.testing.assert_close(x_split.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
     for mine, theirs in zip(grad_split, [p.grad for p in mlp.parameters()], strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
-
-
-def test_point_dropout_keeps_a_random_subset_of_every_point_attribute() -> None:
-    clouds = make_shapes(20, min_points=40, max_points=60, seed=2)
-    torch.manual_seed(0)
-    view = PointDropout(clouds, min_keep=0.25)
-    sizes = []
-    for index, original in enumerate(clouds):
-        thinned = view[index]
-        n = original.num_nodes
-        assert 0.25 * n - 1 <= thinned.num_nodes <= n
-        assert thinned.gt.shape[0] == thinned.pos.shape[0]
-        assert torch.equal(thinned.y, original.y)
-        # every kept point is one of the original's, with its own ground truth
-        match = (thinned.pos[:, None, :] == original.pos[None, :, :]).all(-1)
-        assert torch.equal(match.sum(1), torch.ones(thinned.num_nodes, dtype=torch.long))
-        assert torch.equal(original.gt[match.float().argmax(1)], thinned.gt)
-        sizes.append(thinned.num_nodes / n)
-    assert min(sizes) < 0.6 < max(sizes)  # the kept fraction varies
-    with pytest.raises(BottleneckError, match="min_keep"):
-        PointDropout(clouds, min_keep=0.0)
 
 
 def test_pointnet_permutation_invariant() -> None:
