@@ -16,6 +16,10 @@ class FaithfulnessWarning(UserWarning):
     """An explain-mode mask ended training outside its KL budget (its explanations drop evidence)."""
 
 
+class CollapsedMaskWarning(UserWarning):
+    """A trained mask scores every unit of a sample alike: top-k then keeps units by position."""
+
+
 def describe(value: object) -> str:
     """A short description of ``value`` for error messages (type, shape, dtype)."""
     shape = getattr(value, "shape", None)

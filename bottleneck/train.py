@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .errors import BottleneckError, FaithfulnessWarning, describe
+from .errors import BottleneckError, CollapsedMaskWarning, FaithfulnessWarning, describe
+from .segment import segment_max
 from .wrap import MaskedModel, MaskedOutput, _logits_of
 
 Batch = Any
@@ -170,6 +171,8 @@ def fit(
     model.eval()
     if masked is not None:
         _check_faithful(masked, history)
+        if count:
+            _check_scorer_varies(masked, inputs)
     return history
 
 
@@ -182,6 +185,39 @@ def _param_groups(model: nn.Module, masked: MaskedModel | None, lr: float,
     inner = {id(p) for p in wrapped}
     own = [p for p in masked.parameters() if p.requires_grad and id(p) not in inner]
     return [group for group in ({"params": wrapped, "lr": lr}, {"params": own, "lr": mask_lr}) if group["params"]]
+
+
+#: Relevance spread (max - min within a sample) below which a sample's units count as scored alike.
+COLLAPSE_SPREAD = 1e-6
+
+
+def _check_scorer_varies(masked: MaskedModel, inputs: Any) -> None:
+    """Warn when the trained mask gives every unit of every sample the same relevance.
+
+    A scorer whose ReLUs have all died (too high a ``mask_lr`` can do it) outputs its final
+    bias for every unit. Training still converges, since a top-k gate keeps its budget
+    whatever the scores, but it keeps the first units of each sample by index: the
+    explanation is flat and sparse inference keeps units by position, not by evidence.
+    Checked on the last training batch, in eval mode, without gradients.
+    """
+    with torch.no_grad():
+        explanation = masked.explain(inputs)
+    relevance, batch = explanation.relevance.float(), explanation.units.batch
+    num_samples = explanation.units.num_samples
+    counts = torch.bincount(batch, minlength=num_samples)
+    if relevance.numel() == 0 or not bool((counts > 1).any()):
+        return
+    spread = segment_max(relevance, batch, num_samples) + segment_max(-relevance, batch, num_samples)
+    if bool((spread[counts > 1] > COLLAPSE_SPREAD).any()):
+        return
+    warnings.warn(
+        f"the trained mask scores every unit of a sample alike (relevance {float(relevance[0]):.4g} for all "
+        f"{relevance.numel()} units of the last training batch): its scorer has collapsed to a constant, "
+        "usually ReLUs killed by too high a mask learning rate. A top-k or sparse pass then keeps the first "
+        "units of each sample by position, and the explanation is flat. Lower mask_lr (or lr) and retrain.",
+        CollapsedMaskWarning,
+        stacklevel=3,
+    )
 
 
 #: An explain-mode mask whose last-epoch KL exceeds this multiple of epsilon gets a warning.

@@ -48,3 +48,23 @@ def test_mask_lr_must_be_positive(bad: float) -> None:
     masked, loader = _masked_and_data()
     with pytest.raises(BottleneckError, match="mask_lr must be > 0"):
         fit(masked, loader, epochs=1, mask_lr=bad, progress=False)
+
+
+def test_a_collapsed_scorer_is_reported_after_training() -> None:
+    """A scorer whose hidden ReLUs are all dead scores every unit alike: fit says so, a live one does not."""
+    import warnings
+
+    from bottleneck.errors import CollapsedMaskWarning
+
+    masked, loader = _masked_and_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapsedMaskWarning)
+        fit(masked, loader, epochs=1, lr=1e-3, progress=False)  # a live scorer: no warning
+
+    masked, loader = _masked_and_data()
+    with torch.no_grad():
+        masked.mask.scorer.head[0].bias.fill_(-1e6)  # every hidden unit of the head dead: no gradient revives it
+    with pytest.warns(CollapsedMaskWarning, match=r"scores every unit of a sample alike .* Lower mask_lr"):
+        fit(masked, loader, epochs=1, lr=1e-3, progress=False)
+    relevance = masked.explain(next(iter(loader))).relevance
+    assert float(relevance.max() - relevance.min()) == 0.0  # the warning tells the truth
