@@ -69,6 +69,8 @@ class MaskLayer(nn.Module):
     :param gate_options: keyword arguments of the named gate (``{"temperature": 0.5}`` for ``hard_concrete``).
     :param context: give the scorer each sample's pooled context (see
         :class:`~bottleneck.scorer.EquivariantScorer`); ``False`` scores every unit on its own.
+    :param activation: the scorer's hidden activation, ``"relu"`` or ``"leaky_relu"`` (cannot
+        die; for high mask learning rates, see :data:`~bottleneck.scorer.ACTIVATIONS`).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class MaskLayer(nn.Module):
         keep_warmup: float = 0.0,
         in_features: int | None = None,
         context: bool = True,
+        activation: str = "relu",
         gate_options: dict | None = None,
     ) -> None:
         super().__init__()
@@ -106,7 +109,8 @@ class MaskLayer(nn.Module):
         self.keep = float(keep)
         self.rate_weight = gate.default_rate_weight if rate_weight is None else float(rate_weight)
         self.smooth_weight = float(smooth_weight)
-        self.scorer = EquivariantScorer(hidden, gate.params_per_unit, in_features, context=context)
+        self.scorer = EquivariantScorer(hidden, gate.params_per_unit, in_features, context=context,
+                                        activation=activation)
         self.scorer.set_output_bias(gate.init_bias(init_open))
         self.constraint = KeepRateConstraint(keep, constraint_step, constraint, constraint_damping)
         if logit_bound <= 0:

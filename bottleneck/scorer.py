@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .errors import BottleneckError
 from .segment import broadcast, segment_max, segment_mean
+
+#: The scorer's hidden activations by name. ``leaky_relu`` (slope 0.01) cannot die: a ReLU
+#: scorer trained at a high mask learning rate can lose every hidden unit and then outputs
+#: its final bias for every unit (see :class:`~bottleneck.errors.CollapsedMaskWarning`).
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.01)}
 
 
 class EquivariantScorer(nn.Module):
@@ -26,18 +32,25 @@ class EquivariantScorer(nn.Module):
         other unit's gate: the gate pattern carries no information about what was shut
         (a jointly trained model can otherwise read a hidden cue from which *other*
         units stay open; this is how a bias mitigation keeps the cue out of sight).
+    :param activation: ``"relu"`` (default) or ``"leaky_relu"``, which keeps every hidden
+        unit trainable (see :data:`ACTIVATIONS`).
     """
 
     def __init__(
-        self, hidden: int = 64, out_features: int = 1, in_features: int | None = None, *, context: bool = True
+        self, hidden: int = 64, out_features: int = 1, in_features: int | None = None, *, context: bool = True,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise BottleneckError(f"activation must be one of {sorted(ACTIVATIONS)} (got {activation!r})")
+        act = ACTIVATIONS[activation]
+        self.activation = activation
         first = nn.Linear(in_features, hidden) if in_features else nn.LazyLinear(hidden)
         self.hidden, self.out_features, self.in_features = hidden, out_features, in_features
         self.context = bool(context)
-        self.encode = nn.Sequential(first, nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.encode = nn.Sequential(first, act(), nn.Linear(hidden, hidden), act())
         width = 3 * hidden if self.context else hidden
-        self.head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+        self.head = nn.Sequential(nn.Linear(width, hidden), act(), nn.Linear(hidden, out_features))
 
     def set_output_bias(self, bias: list[float]) -> None:
         """Initialise the final bias (so gates start at a chosen open probability)."""
@@ -54,4 +67,4 @@ class EquivariantScorer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, hidden={self.hidden}, out_features={self.out_features}, "
-                f"context={self.context}")
+                f"context={self.context}, activation={self.activation}")

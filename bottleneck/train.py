@@ -214,7 +214,8 @@ def _check_scorer_varies(masked: MaskedModel, inputs: Any) -> None:
         f"the trained mask scores every unit of a sample alike (relevance {float(relevance[0]):.4g} for all "
         f"{relevance.numel()} units of the last training batch): its scorer has collapsed to a constant, "
         "usually ReLUs killed by too high a mask learning rate. A top-k or sparse pass then keeps the first "
-        "units of each sample by position, and the explanation is flat. Lower mask_lr (or lr) and retrain.",
+        "units of each sample by position, and the explanation is flat. Lower mask_lr (or lr) and retrain, "
+        "or attach the mask with activation='leaky_relu', whose hidden units cannot die.",
         CollapsedMaskWarning,
         stacklevel=3,
     )

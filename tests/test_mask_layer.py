@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from bottleneck.errors import BottleneckError
 from bottleneck.layer import MaskLayer
+from bottleneck.units import Units
 
 
 def test_keep_target_warms_up_from_init_open_to_keep() -> None:
@@ -76,3 +78,23 @@ def test_inference_pass_matches_the_eval_forward(gate: str) -> None:
     for name in ("logits", "gates", "p_open", "keep_rate", "relevance"):
         assert torch.allclose(getattr(full, name), getattr(fast, name)), name
     assert float(fast.loss) == 0.0 and fast.terms == {}
+
+
+@pytest.mark.parametrize("activation, revives", [("relu", False), ("leaky_relu", True)])
+def test_scorer_activation_decides_whether_a_dead_scorer_still_learns(activation: str, revives: bool) -> None:
+    """With every head unit pushed below zero, only a leaky scorer still passes gradients to its first layer."""
+    torch.manual_seed(0)
+    layer = MaskLayer("topk", keep=0.3, in_features=4, activation=activation)
+    assert layer.scorer.activation == activation
+    with torch.no_grad():
+        layer.scorer.head[0].bias.fill_(-1e3)
+    units = Units(x=torch.randn(50, 4), batch=torch.arange(2).repeat_interleave(25), num_samples=2)
+    result = layer(units)
+    (result.gates * torch.randn(50)).sum().backward()
+    grad = layer.scorer.encode[0].weight.grad
+    assert (grad is not None and float(grad.abs().sum()) > 0) == revives
+
+
+def test_scorer_activation_must_be_known() -> None:
+    with pytest.raises(BottleneckError, match=r"activation must be one of \['leaky_relu', 'relu'\] \(got 'tanh'\)"):
+        MaskLayer(activation="tanh")
