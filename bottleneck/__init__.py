@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .audit_report import AuditReport
 from .bias_audit import AuditData, audit
-from .errors import BottleneckError, FaithfulnessWarning
+from .errors import BottleneckError, CollapsedMaskWarning, FaithfulnessWarning
 from .explanation import Explanation
 from .gates import Gate
 from .hookspecs import hookimpl
@@ -27,6 +27,7 @@ __all__ = [
     "AuditData",
     "AuditReport",
     "BottleneckError",
+    "CollapsedMaskWarning",
     "FaithfulnessWarning",
     "Explanation",
     "Gate",
