@@ -145,13 +145,14 @@ def test_dense_matches_batch() -> None:
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_node_split_edge_conv_equals_edge_conv(training: bool) -> None:
+@pytest.mark.parametrize("channels, plain_last", [([16, 32, 24], False), ([16, 24], True), ([16, 32, 24], True)])
+def test_node_split_edge_conv_equals_edge_conv(training: bool, channels: list[int], plain_last: bool) -> None:
     """Running the first layer per node changes the arithmetic, not the function or its gradients."""
     torch.manual_seed(0)
     x = torch.randn(90, 8)
     batch = torch.arange(3).repeat_interleave(30)
     edge_index = knn_graph(x, 5, batch, loop=False)
-    mlp = _mlp([16, 32, 24]).train(training)
+    mlp = _mlp(channels, plain_last=plain_last).train(training)
     split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
     x_split, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_split, out_ref = split(x_split, edge_index), reference(x_ref, edge_index)
