@@ -202,13 +202,12 @@ def _check_scorer_varies(masked: MaskedModel, inputs: Any) -> None:
     """
     with torch.no_grad():
         explanation = masked.explain(inputs)
-    relevance, batch = explanation.relevance.float(), explanation.units.batch
-    num_samples = explanation.units.num_samples
-    counts = torch.bincount(batch, minlength=num_samples)
-    if relevance.numel() == 0 or not bool((counts > 1).any()):
+    units, relevance = explanation.units, explanation.relevance.float()
+    several = units.counts() > 1  # a one-unit sample has no spread to judge
+    if not bool(several.any()):
         return
-    spread = segment_max(relevance, batch, num_samples) + segment_max(-relevance, batch, num_samples)
-    if bool((spread[counts > 1] > COLLAPSE_SPREAD).any()):
+    spread = segment_max(relevance, units.batch, units.num_samples) + segment_max(-relevance, units.batch, units.num_samples)
+    if bool((spread[several] > COLLAPSE_SPREAD).any()):
         return
     warnings.warn(
         f"the trained mask scores every unit of a sample alike (relevance {float(relevance[0]):.4g} for all "
