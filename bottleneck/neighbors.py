@@ -378,8 +378,6 @@ def _knn_torch(
         num_samples = max(num_samples, int(batch_x[-1]) + 1)
     if batch_y is not None:
         num_samples = max(num_samples, int(batch_y[-1]) + 1)
-    ptr_x = _ptr(batch_x, n, num_samples)
-    by_list = [0] * m if batch_y is None else batch_y.tolist()
     if budget_bytes is None:
         budget_bytes = DEFAULT_BUDGET_BYTES
         if device.type == "cpu":
@@ -393,6 +391,9 @@ def _knn_torch(
         )
         if blocked is not None:
             return blocked
+    # Host-side plan of the chunked search (the blocked one above needs none of it).
+    ptr_x = _ptr(batch_x, n, num_samples)
+    by_list = [0] * m if batch_y is None else batch_y.tolist()
     max_rows = _MAX_AUTO_ROWS.get(device.type, _MAX_AUTO_ROWS_ACCEL)
     chunks = _plan_chunks(by_list, ptr_x, budget_elems, chunk_size, max_rows)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch_geometric.data import Batch
-from torch_geometric.nn import EdgeConv
+from torch_geometric.nn import MLP, EdgeConv
 
 from bottleneck.neighbors import knn_graph
 from bottleneck_pointcloud.data import (
@@ -165,6 +165,34 @@ def test_node_split_edge_conv_equals_edge_conv(training: bool, channels: list[in
     torch.testing.assert_close(x_split.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
     for mine, theirs in zip(grad_split, [p.grad for p in mlp.parameters()], strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "gelu"])
+def test_node_split_edge_conv_one_layer_eval_equals_edge_conv(act: str) -> None:
+    """In eval a one-layer MLP with a monotone tail skips the per-edge arithmetic, same values.
+
+    The norm's slopes have both signs (the min replaces the max where it is negative),
+    and one node has no incoming edge (EdgeConv gives it 0). GELU is not monotone:
+    it keeps the per-edge path and still matches.
+    """
+    torch.manual_seed(0)
+    x = torch.randn(90, 8)
+    batch = torch.arange(3).repeat_interleave(30)
+    edge_index = knn_graph(x, 5, batch, loop=False)
+    edge_index = edge_index[:, edge_index[1] != 7]  # node 7 receives nothing
+    mlp = MLP([16, 24], act=act, norm="batch_norm", plain_last=False)
+    split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
+    split.train()
+    split(torch.randn(90, 8), edge_index)  # running statistics that differ from the initial ones
+    with torch.no_grad():
+        mlp.norms[0].module.weight[::3] *= -1.5
+    split.eval()
+    assert split.fused_eval == (act != "gelu")
+    with torch.no_grad():
+        out_split, out_ref = split(x, edge_index), reference(x, edge_index)
+    torch.testing.assert_close(out_split, out_ref, rtol=1e-5, atol=1e-5)
+    assert torch.all(out_split[7] == 0)
+    assert (out_ref != 0).any()
 
 
 def test_pointnet_permutation_invariant() -> None:
