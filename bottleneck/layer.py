@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from .errors import BottleneckError, describe
@@ -144,10 +145,17 @@ class MaskLayer(nn.Module):
         p_open = self.gate.expected_open(logits, batch, num_samples)
         keep_rate = per_sample_mean(p_open, batch, num_samples)
         mean_keep = keep_rate.mean()
-        rate = rate_loss(self.gate, logits, batch, num_samples)
+        # A term weighted 0 is only logged: no autograd graph for it (the default
+        # hard-concrete gate's rate weight is 0).
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.rate_weight != 0):
+            rate = rate_loss(self.gate, logits, batch, num_samples)
         smooth = smoothness_loss(p_open, units.edge_index, batch, num_samples)
         keep_term = self.constraint(mean_keep)
-        loss = keep_term + self.rate_weight * rate + self.smooth_weight * smooth + excess
+        loss = keep_term + excess
+        if self.rate_weight != 0:
+            loss = loss + self.rate_weight * rate
+        if self.smooth_weight != 0:
+            loss = loss + self.smooth_weight * smooth
         terms = {
             "rate": rate.detach(),
             "keep_penalty": keep_term.detach(),
