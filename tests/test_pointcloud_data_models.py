@@ -195,6 +195,26 @@ def test_node_split_edge_conv_one_layer_eval_equals_edge_conv(act: str) -> None:
     assert (out_ref != 0).any()
 
 
+def test_dgcnn_eval_equals_the_same_network_with_pyg_edge_conv() -> None:
+    """DGCNN's fused eval path is the paper's network: swap in PyG's EdgeConv, same logits."""
+    import copy
+
+    torch.manual_seed(0)
+    model = DGCNN(NUM_CLASSES, k=4, hidden=16)
+    batch = _ragged_batch(6)
+    model(batch)  # running statistics that differ from the initial ones
+    model.eval()
+    assert all(conv.fused_eval for conv in model.convs)
+    reference = copy.deepcopy(model)
+    state = copy.deepcopy(model.state_dict())
+    # EdgeConv re-initialises the MLP it is given: the trained state goes back in after
+    reference.convs = torch.nn.ModuleList([EdgeConv(conv.nn, aggr="max") for conv in reference.convs])
+    reference.load_state_dict(state)
+    reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), reference(batch), rtol=1e-5, atol=1e-5)
+
+
 def test_pointnet_permutation_invariant() -> None:
     torch.manual_seed(0)
     model = PointNet(NUM_CLASSES, hidden=16)
