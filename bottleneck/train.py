@@ -83,6 +83,7 @@ def fit(
     description: str = "train",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     penalty: Callable[[Any, Any], Tensor] | None = None,
+    max_grad_norm: float | None = None,
 ) -> History:
     """Train ``model`` on ``data`` (a re-iterable loader of batches).
 
@@ -98,11 +99,17 @@ def fit(
     :param on_epoch: called with ``(epoch, means)`` after each epoch.
     :param penalty: ``penalty(output, batch) -> scalar`` added to the loss each step (e.g.
         :class:`~bottleneck.mitigation.CueGatePenalty`); logged as ``penalty``.
+    :param max_grad_norm: clip the gradient norm of all trained parameters to this each step
+        (``None``: no clipping); logged as ``grad_norm`` (before clipping). A joint fine-tune
+        whose model must re-fit to a fraction of its input can take steps large enough to
+        diverge; clipping bounds them.
     """
     if epochs < 1:
         raise BottleneckError(f"epochs must be >= 1 (got {epochs})")
     if mask_lr is not None and not mask_lr > 0:
         raise BottleneckError(f"mask_lr must be > 0 (got {mask_lr!r})")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise BottleneckError(f"max_grad_norm must be > 0 (got {max_grad_norm!r})")
     if schedule not in (None, "cosine"):
         raise BottleneckError(f"schedule must be 'cosine' or None (got {schedule!r})")
     if device is None:
@@ -153,6 +160,9 @@ def fit(
                     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if max_grad_norm is not None:
+                trained = [p for group in optimizer.param_groups for p in group["params"]]
+                logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()

@@ -68,3 +68,37 @@ def test_a_collapsed_scorer_is_reported_after_training() -> None:
         fit(masked, loader, epochs=1, lr=1e-3, progress=False)
     relevance = masked.explain(next(iter(loader))).relevance
     assert float(relevance.max() - relevance.min()) == 0.0  # the warning tells the truth
+
+
+def test_max_grad_norm_bounds_every_step_the_optimiser_takes() -> None:
+    """With clipping, the gradient the optimiser sees never exceeds the bound; without, it does."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    def norms_seen(max_grad_norm: float | None) -> list[float]:
+        masked, loader = _masked_and_data()
+        seen: list[float] = []
+
+        def record(optimizer, args, kwargs):
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+        handle = register_optimizer_step_pre_hook(record)
+        try:
+            history = fit(masked, loader, epochs=2, lr=1e-3, max_grad_norm=max_grad_norm, progress=False)
+        finally:
+            handle.remove()
+        assert ("grad_norm" in history.epochs[-1]) == (max_grad_norm is not None)
+        return seen
+
+    free = norms_seen(None)
+    bound = min(free) / 2
+    clipped = norms_seen(bound)
+    assert max(free) > bound and len(clipped) == len(free)
+    assert max(clipped) <= bound * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan])
+def test_max_grad_norm_must_be_positive(bad: float) -> None:
+    masked, loader = _masked_and_data()
+    with pytest.raises(BottleneckError, match="max_grad_norm must be > 0"):
+        fit(masked, loader, epochs=1, max_grad_norm=bad, progress=False)
