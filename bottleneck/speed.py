@@ -172,6 +172,8 @@ class SparseModels:
     dense: nn.Module
     masked: Any
     seconds: dict[str, float]
+    #: The joint run's last-epoch means (task loss, keep rate, ...): a collapsed fine-tune shows here.
+    joint_last_epoch: dict[str, float] = field(default_factory=dict)
 
 
 def _training(case: SpeedCase) -> dict[str, Any]:
@@ -201,14 +203,14 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
     options = {**case.attach_options, **case.joint_options}
     masked = attach(copy.deepcopy(dense), case.modality, keep=TARGET_KEEP, **options).to(device)
     start = time.perf_counter()
-    fit(masked, case.train, epochs=case.joint_epochs, lr=case.joint_lr, mask_lr=case.joint_mask_lr, device=device,
-        progress=progress, description=f"{case.name} masked")
+    joint = fit(masked, case.train, epochs=case.joint_epochs, lr=case.joint_lr, mask_lr=case.joint_mask_lr,
+                device=device, progress=progress, description=f"{case.name} masked")
     masked_seconds = time.perf_counter() - start
     start = time.perf_counter()
     fit(dense, case.train, epochs=case.joint_epochs, lr=case.joint_lr, device=device, progress=progress,
         description=f"{case.name} dense, same epochs")
     return SparseModels(dense.eval(), masked.eval(), {"dense": dense_seconds + time.perf_counter() - start,
-                                                      "masked": masked_seconds})
+                                                      "masked": masked_seconds}, joint.last())
 
 
 def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, timing: Timing,
@@ -225,13 +227,18 @@ def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, 
     dense_ms = _ms(times["dense"])
     per_keep: dict[str, dict[str, float]] = {}
     for keep in keeps:
-        scores = evaluate(models.masked, case.test, sparse=True, sparse_keep=keep, device=device)
         sparse_ms = _ms(times[str(keep)])
-        per_keep[str(keep)] = {"sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
-                               "accuracy": scores["accuracy"], "kept": scores.get("keep_rate", float("nan"))}
+        per_keep[str(keep)] = {"sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms}
+        try:
+            scores = evaluate(models.masked, case.test, sparse=True, sparse_keep=keep, device=device)
+        except BottleneckError as error:  # non-finite logits: recorded, judged as a miss, not a crash
+            per_keep[str(keep)].update(accuracy=0.0, kept=float("nan"), error=str(error))
+            continue
+        per_keep[str(keep)].update(accuracy=scores["accuracy"], kept=scores.get("keep_rate", float("nan")))
     removed = models.masked.sparse(inputs, keep=TARGET_KEEP).removed
     return {"dense_ms": dense_ms, "dense_accuracy": dense_accuracy, "keeps": per_keep,
-            "units_removed": bool(removed), "train_seconds": models.seconds, "iqr_ms": _spread(times)}
+            "units_removed": bool(removed), "train_seconds": models.seconds,
+            "joint_last_epoch": models.joint_last_epoch, "iqr_ms": _spread(times)}
 
 
 def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:

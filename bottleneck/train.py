@@ -296,6 +296,13 @@ def evaluate(
                 logits = _logits_of(call_model(model, inputs))
             if logits.shape[0] != targets.shape[0]:
                 raise BottleneckError(f"model returned {describe(logits)} for {targets.shape[0]} targets")
+            finite = torch.isfinite(logits).all(dim=-1)
+            if not bool(finite.all()):
+                raise BottleneckError(
+                    f"model returned non-finite logits (NaN or Inf) for {int((~finite).sum())} of "
+                    f"{logits.shape[0]} samples: an accuracy would count them as class 0; check the "
+                    "model's weights and normalisation statistics after training"
+                )
             correct += int((logits.argmax(-1) == targets).sum())
             total += int(targets.shape[0])
     finally:

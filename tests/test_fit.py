@@ -102,3 +102,17 @@ def test_max_grad_norm_must_be_positive(bad: float) -> None:
     masked, loader = _masked_and_data()
     with pytest.raises(BottleneckError, match="max_grad_norm must be > 0"):
         fit(masked, loader, epochs=1, max_grad_norm=bad, progress=False)
+
+
+def test_evaluate_refuses_non_finite_logits() -> None:
+    """NaN logits would silently count as class 0 (argmax): evaluate says what happened instead."""
+    from bottleneck.train import evaluate
+
+    torch.manual_seed(0)
+    model = PointNet(8, hidden=8).eval()
+    loader = DataLoader(make_shapes(8, min_points=20, max_points=40, seed=0), batch_size=8)
+    assert 0.0 <= evaluate(model, loader)["accuracy"] <= 1.0
+    with torch.no_grad():
+        model.classifier.lins[-1].bias[3] = float("nan")
+    with pytest.raises(BottleneckError, match=r"non-finite logits \(NaN or Inf\) for 8 of 8 samples"):
+        evaluate(model, loader)
