@@ -145,17 +145,17 @@ class MaskLayer(nn.Module):
         p_open = self.gate.expected_open(logits, batch, num_samples)
         keep_rate = per_sample_mean(p_open, batch, num_samples)
         mean_keep = keep_rate.mean()
-        # A term weighted 0 is only logged: no autograd graph for it (the default
-        # hard-concrete gate's rate weight is 0).
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.rate_weight != 0):
-            rate = rate_loss(self.gate, logits, batch, num_samples)
         smooth = smoothness_loss(p_open, units.edge_index, batch, num_samples)
         keep_term = self.constraint(mean_keep)
         loss = keep_term + excess
-        if self.rate_weight != 0:
-            loss = loss + self.rate_weight * rate
         if self.smooth_weight != 0:
             loss = loss + self.smooth_weight * smooth
+        if self.rate_weight != 0:
+            rate = rate_loss(self.gate, logits, batch, num_samples)
+            loss = loss + self.rate_weight * rate
+        else:  # only logged (the default hard-concrete gate's weight is 0): no autograd graph
+            with torch.no_grad():
+                rate = rate_loss(self.gate, logits, batch, num_samples)
         terms = {
             "rate": rate.detach(),
             "keep_penalty": keep_term.detach(),
