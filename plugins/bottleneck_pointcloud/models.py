@@ -185,7 +185,7 @@ class NodeSplitEdgeConv(EdgeConv):
 
 
 #: Activations that never decrease: the maximum over neighbours commutes with them.
-_MONOTONE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.ELU, nn.CELU, nn.SELU, nn.Tanh, nn.Sigmoid, nn.Hardtanh)
+_MONOTONE_ACTIVATIONS = (nn.ReLU, nn.ELU, nn.CELU, nn.SELU, nn.Tanh, nn.Sigmoid, nn.Hardtanh)  # ReLU6 is a Hardtanh
 
 
 def _monotone_layer_scale(mlp: MLP) -> Tensor | None:
