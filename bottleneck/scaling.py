@@ -3,8 +3,9 @@
 For each size (1k, 10k, 100k points), one sample of random points:
 
 * ``mask_layer_ms``: one training step of :class:`~bottleneck.layer.MaskLayer` (scorer,
-  hard-concrete gates, objective; forward and backward), median of ``repeats`` calls;
-  the cost should grow linearly with the units (the 10k/1k ratio near 10);
+  hard-concrete gates, objective; forward and backward), median of ``repeats`` calls
+  after 5 warm-up calls, in a fresh child process per size; the cost should grow
+  linearly with the units (the 10k/1k ratio near 10);
 * ``knn_ms`` and ``knn_peak_mib``: :func:`bottleneck.neighbors.knn_graph` (k=16, the exact
   chunked pure-torch search unless torch_cluster imports). Peak memory is measured in a
   fresh child process: the rise of its peak resident set size (``VmHWM``) over the
@@ -57,6 +58,17 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _child(flag: str, points: int, device: torch.device, *extra: str) -> dict[str, float]:
+    """Run ``python -m bottleneck.scaling FLAG POINTS`` and read the JSON line it prints.
+
+    A fresh process per figure: what the caller ran before (a benchmark that trained
+    models holds a large heap and cold caches) does not leak into the figure.
+    """
+    done = subprocess.run([sys.executable, "-m", "bottleneck.scaling", flag, str(points), "--device", str(device),
+                           *extra], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def knn_child(points: int, device: str) -> dict[str, float]:
     """Run in a fresh process: time and peak memory of one kNN graph over ``points`` points."""
     dev = torch.device(device)
@@ -76,14 +88,15 @@ def knn_child(points: int, device: str) -> dict[str, float]:
     return {"knn_ms": 1000 * seconds, "knn_peak_mib": peak}
 
 
-def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
+def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
     times = sorted(time_call(fn, device) for _ in range(repeats))
     return 1000 * times[len(times) // 2]
 
 
-def mask_layer_ms(points: int, device: torch.device, repeats: int) -> float:
-    """Median time of one forward + backward pass of the mask layer on one sample of ``points`` units."""
+def mask_layer_step(points: int, device: torch.device) -> Callable[[], None]:
+    """One forward + backward pass of the mask layer on one sample of ``points`` random units."""
     torch.manual_seed(0)
     layer = MaskLayer("hard_concrete", keep=0.3, in_features=3, smooth_weight=0.0).to(device)
     units = Units(x=torch.randn(points, 3, device=device), batch=torch.zeros(points, dtype=torch.long, device=device),
@@ -93,7 +106,19 @@ def mask_layer_ms(points: int, device: torch.device, repeats: int) -> float:
         layer.zero_grad(set_to_none=True)
         layer(units).loss.backward()
 
-    return _median_ms(step, device, repeats)
+    return step
+
+
+def mask_layer_ms(points: int, device: torch.device, repeats: int, warmup: int = 5) -> float:
+    """Median time of one mask-layer step on ``points`` units, after ``warmup`` untimed steps.
+
+    Each size is timed on its own, in a run of steps as training makes them: timed in
+    turn with the other sizes, a 1k step after a 100k step paid for the caches and
+    allocator pages the large one had taken (2.9 ms against 1.5 ms in a run of 1k
+    steps), which measures the interleaving, not the layer. :func:`run_scaling` calls
+    this in a fresh process for the same reason.
+    """
+    return _median_ms(mask_layer_step(points, device), device, repeats, warmup)
 
 
 def serial_knn_ms(points: int, device: torch.device, repeats: int) -> float:
@@ -124,11 +149,9 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     dev = torch.device(device)
     rows: dict[str, dict[str, float]] = {}
     for points in sizes:
-        child = subprocess.run([sys.executable, "-m", "bottleneck.scaling", "--child-knn", str(points),
-                                "--device", str(dev)], check=True, capture_output=True, text=True)
-        rows[str(points)] = {"mask_layer_ms": mask_layer_ms(points, dev, repeats),
+        rows[str(points)] = {**_child("--child-layer", points, dev, "--repeats", str(repeats)),
                              "serial_knn_ms": serial_knn_ms(points, dev, repeats),
-                             **json.loads(child.stdout.strip().splitlines()[-1])}
+                             **_child("--child-knn", points, dev)}
         if progress:
             row = rows[str(points)]
             print(f"scaling {points:>7} units: mask layer {row['mask_layer_ms']:.2f} ms, kNN {row['knn_ms']:.0f} ms "
@@ -153,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--child-knn", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-layer", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child_layer:
+        print(json.dumps({"mask_layer_ms": mask_layer_ms(args.child_layer, torch.device(args.device), args.repeats)}))
+        return 0
     if args.child_knn:
         print(json.dumps(knn_child(args.child_knn, args.device)))
         return 0
