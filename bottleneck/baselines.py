@@ -62,6 +62,7 @@ from torch_geometric.utils import to_dense_batch
 from .errors import BottleneckError, describe
 from .fbi import feature_norm
 from .modality import Modality
+from .modes import evaluating
 from .units import Units
 from .wrap import MaskedModel, _logits_of
 
@@ -107,19 +108,15 @@ def attribution_mode(masked: MaskedModel) -> Iterator[None]:
             "attribution needs gradients, but torch.inference_mode() is on; call it outside "
             "inference_mode (torch.no_grad() is fine)"
         )
-    flags = [(module, module.training) for module in masked.modules()]
     recurrent = any(isinstance(m, nn.RNNBase) for m in masked.model.modules())
     cudnn = torch.backends.cudnn.enabled
     try:
-        masked.eval()
         if recurrent:  # only the on/off switch: the user's other cuDNN settings stay as they are
             torch.backends.cudnn.enabled = False
-        with torch.enable_grad():
+        with evaluating(masked), torch.enable_grad():
             yield
     finally:
         torch.backends.cudnn.enabled = cudnn
-        for module, flag in flags:
-            module.training = flag
 
 
 class GateFunction:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BottleneckError, describe
+from .modes import evaluating
 from .wrap import MaskedModel, _find_layer
 
 __all__ = ["feature_norm"]
@@ -57,15 +58,12 @@ def feature_norm(masked: MaskedModel, inputs: Any, target: Any = None, *, layer:
         captured.append(output)
 
     model = masked.model
-    was_training = model.training
     handle = module.register_forward_hook(capture)
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             adapter.call_model(model, inputs)
     finally:
         handle.remove()
-        model.train(was_training)
     if not captured:
         raise BottleneckError(f"layer {layer!r} did not run in the model's forward pass")
     if len(captured) > 1:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .errors import BottleneckError, CollapsedMaskWarning, FaithfulnessWarning, describe
+from .modes import evaluating
 from .segment import segment_max
 from .wrap import MaskedModel, MaskedOutput, _logits_of
 
@@ -273,12 +274,10 @@ def evaluate(
     """
     if device is None:
         device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     correct = total = 0
     kept_fraction: list[Tensor] = []
     expected: list[Tensor] = []
-    try:
+    with evaluating(model):
         for batch in data:
             inputs, targets = split_batch(_to(batch, device))
             targets = _target(targets)
@@ -305,8 +304,6 @@ def evaluate(
                 )
             correct += int((logits.argmax(-1) == targets).sum())
             total += int(targets.shape[0])
-    finally:
-        model.train(was_training)
     result = {"accuracy": correct / max(total, 1)}
     if kept_fraction:
         result["keep_rate"] = float(torch.cat(kept_fraction).float().mean())

@@ -22,6 +22,7 @@ from .errors import BottleneckError, describe
 from .explanation import Explanation
 from .layer import MaskLayer, MaskResult
 from .modality import Modality
+from .modes import evaluating
 from .objective import FaithfulnessConstraint, faithfulness_loss
 from .plugins import detect_modality, get_modality
 from .segment import segment_topk_mask
@@ -290,9 +291,7 @@ class MaskedModel(nn.Module):
         With the mask at a hidden layer, the model runs once to reach it and the
         relevance is mapped back onto the input units.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             if self.target_layer is None:
                 adapter, units, result = self.mask_units(inputs, inference=True)
                 return Explanation(_relevance(result), result.gates, units, inputs, adapter)
@@ -302,8 +301,6 @@ class MaskedModel(nn.Module):
             relevance = adapter.relevance_to_input(_relevance(result), hidden, units)
             gates = adapter.relevance_to_input(result.gates, hidden, units)
             return Explanation(relevance, gates, units, inputs, adapter)
-        finally:
-            self.train(was_training)
 
     def kept_units(self, units: Units, result: MaskResult, keep: float | None = None) -> Tensor:
         """``[N]`` bool: units kept for sparse inference.
@@ -334,9 +331,7 @@ class MaskedModel(nn.Module):
         (:meth:`~bottleneck.modality.Modality.can_drop`), the dropped units are
         replaced by the baseline instead and ``removed`` is ``False``.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             if keep is not None and self.target_layer is None:  # the top-k needs the relevance only
                 adapter = self.adapter(inputs)
                 units = adapter.to_units(inputs, with_graph=False)
@@ -351,8 +346,6 @@ class MaskedModel(nn.Module):
                 hard = kept.to(units.x.dtype)
                 reduced = adapter.apply_gates(inputs, units, hard, self.baseline, **self._state())
             output = adapter.call_model(self.model, reduced, *args, **kwargs)
-        finally:
-            self.train(was_training)
         return SparseOutput(output, kept, reduced, units, removed)
 
     def config(self) -> dict[str, Any]:
