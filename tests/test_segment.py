@@ -47,6 +47,44 @@ def test_segment_rank_is_a_permutation_per_sample(counts: list[int], seed: int) 
         offset += n
 
 
+def _loop_rank(scores: torch.Tensor, batch: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Per-sample reference: descending stable sort of each sample's scores (ties by unit order)."""
+    rank = torch.empty(scores.numel(), dtype=torch.long)
+    for sample in range(num_samples):
+        where = (batch == sample).nonzero().view(-1)
+        order = torch.sort(scores[where], descending=True, stable=True).indices
+        rank[where[order]] = torch.arange(where.numel())
+    return rank
+
+
+# counts of one size class take the padded [B, n_max] sort; one long sample among short ones
+# (more than PADDED_RANK_MAX_FILL cells per unit) takes the flat two-sort path
+balanced = st.lists(st.integers(5, 8), min_size=1, max_size=6)
+skewed = st.lists(st.integers(1, 2), min_size=6, max_size=10).map(lambda counts: [*counts, 60])
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.one_of(balanced, skewed), seed=st.integers(0, 10_000), shuffled=st.booleans(),
+       special=st.sampled_from([None, float("inf"), float("-inf")]))
+def test_segment_rank_equals_per_sample_stable_sort(counts: list[int], seed: int, shuffled: bool,
+                                                    special: float | None) -> None:
+    scores, batch, num_samples = make(counts, seed)
+    scores = scores.round(decimals=0)  # ties: broken by unit order on both paths
+    if special is not None:
+        scores[::3] = special  # -inf must still rank before the padding of its row
+    if shuffled:  # an unsorted batch vector cannot take the padded path: still the same ranks
+        perm = torch.randperm(batch.numel(), generator=torch.Generator().manual_seed(seed))
+        scores, batch = scores[perm], batch[perm]
+    assert torch.equal(segment_rank(scores, batch, num_samples), _loop_rank(scores, batch, num_samples))
+
+
+def test_segment_rank_of_integer_scores_and_of_no_units() -> None:
+    batch = batch_from_counts(torch.tensor([3, 2]))
+    scores = torch.tensor([1, 3, 2, 5, 5])
+    assert segment_rank(scores, batch, 2).tolist() == [2, 0, 1, 0, 1]
+    assert segment_rank(torch.empty(0), torch.empty(0, dtype=torch.long), 2).numel() == 0
+
+
 @settings(max_examples=40, deadline=None)
 @given(counts=ragged, seed=st.integers(0, 10_000))
 def test_compact_remaps_indices(counts: list[int], seed: int) -> None:
