@@ -49,8 +49,10 @@ def test_without_context_a_unit_cannot_change_another_units_logit(context: bool)
     assert ("context=False" in repr(scorer)) is (not context)
 
 
-def test_scorer_context_is_the_first_head_layer_on_the_concatenation() -> None:
-    """The per-sample projection of the context equals the head's first layer on [unit, context]."""
+@pytest.mark.parametrize("grad", [True, False])
+def test_scorer_context_is_the_first_head_layer_on_the_concatenation(grad: bool) -> None:
+    """With autograd the head runs on [unit, context]; without, the context is projected per
+    sample (``_head_with_projected_context``): the same logits either way."""
     import torch
 
     from bottleneck.scorer import EquivariantScorer
@@ -62,7 +64,10 @@ def test_scorer_context_is_the_first_head_layer_on_the_concatenation() -> None:
     h = scorer.encode(x)
     context = torch.cat([segment_max(h, batch, 3), segment_mean(h, batch, 3)], -1)
     expected = scorer.head(torch.cat([h, context[batch]], dim=-1))
-    assert torch.allclose(scorer(x, batch, 3), expected, atol=1e-6)
+    with torch.set_grad_enabled(grad):
+        logits = scorer(x, batch, 3)
+    assert logits.requires_grad is grad
+    assert torch.allclose(logits, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("gate", ["hard_concrete", "concrete", "gaussian", "topk"])
