@@ -42,6 +42,10 @@ class GridEncoder(nn.Module):
         if not isinstance(image, Tensor):
             raise BottleneckError("GridEncoder needs image units (units.meta['image'] from the image modality)")
         rows, cols = units.meta["grid"]
+        # channels-last: oneDNN's convolutions run faster on NHWC (forward and backward of this
+        # encoder on 64 images of 32x32: 8.3 -> 5.5 ms on 2 CPU cores, same values to rounding),
+        # and the closing rearrange to one row per unit is then a view, not a copy
+        image = image.contiguous(memory_format=torch.channels_last)
         h = F.relu(self.pixels(image))
         if units.meta["patch"] >= 2:
             h = F.max_pool2d(h, 2, ceil_mode=True)
