@@ -342,10 +342,11 @@ def _knn_blocked(
         best, idx = torch.topk(dist, kk, dim=2, largest=False, sorted=True)
         valid = torch.isfinite(best)
         valid &= (torch.arange(ny, device=device) < counts_y[g0:g1, None]).unsqueeze(-1)
-        rows = ptr_y[g0:g1, None, None] + torch.arange(ny, device=device).view(1, -1, 1)
-        cols = ptr_x[g0:g1, None, None] + idx
-        rows_out.append(rows.expand_as(idx)[valid])
-        cols_out.append(cols[valid])
+        # one nonzero for both ends of the edges: the query row follows from the flat position
+        where = valid.view(-1).nonzero().squeeze(1)
+        sample, slot = g0 + where // (ny * kk), where // kk % ny
+        rows_out.append(ptr_y[sample] + slot)
+        cols_out.append(ptr_x[sample] + idx.reshape(-1)[where])
     return torch.stack([torch.cat(rows_out), torch.cat(cols_out)])
 
 

@@ -507,12 +507,15 @@ def test_cuda_matches_cpu():
     dim=st.sampled_from([2, 3, 12]),
     seed=st.integers(0, 2**31 - 1),
     grid=st.booleans(),
+    one_sample_per_group=st.booleans(),
 )
-def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid):
-    """Many similar small samples take the blocked path (padded per-sample blocks); it is exact."""
+def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid, one_sample_per_group):
+    """Many similar small samples take the blocked path (padded per-sample blocks); it is exact,
+    in one group of samples or in one group per sample (a budget of one 9 x 9 block)."""
     batch = _batch(counts)
     pos = _points(len(batch), dim, seed, grid)
-    blocked = nb._knn_blocked(pos, pos, k, batch, batch, len(counts), exclude_self=True, budget_elems=10**6)
+    budget = 81 if one_sample_per_group else 10**6
+    blocked = nb._knn_blocked(pos, pos, k, batch, batch, len(counts), exclude_self=True, budget_elems=budget)
     assert blocked is not None, "similar small samples should take the blocked path"
     edge = knn_graph(pos, k, batch, use_cluster=False)
     assert torch.equal(edge, blocked.flip(0)), "knn_graph did not use the blocked path"
