@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import BottleneckError
-from .timing import interleaved, quartiles
+from .timing import interleaved, quartiles, steady_heap
 from .train import _to, call_model, evaluate, fit
 from .wrap import _logits_of, attach
 
@@ -281,12 +281,17 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, timing: Timing | None = None,
               progress: bool = True, seed: int = 0, scaling: bool = True,
-              scaling_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """All four sections for ``cases``; the report ``bottleneck bench speed`` writes."""
+              scaling_sizes: tuple[int, ...] | None = None, hold_heap: bool = False) -> dict[str, Any]:
+    """All four sections for ``cases``; the report ``bottleneck bench speed`` writes.
+
+    ``hold_heap`` keeps freed memory in this process's heap on CPU (:func:`~bottleneck.timing.steady_heap`,
+    for the rest of the process: the command line sets it, a library caller chooses).
+    """
     if not cases:
         raise BottleneckError("no speed cases: install a modality plugin that registers Demo(speed=...)")
     dev = torch.device(device)
     timing = timing or Timing()
+    heap = steady_heap() if hold_heap and dev.type == "cpu" else None
     started = time.perf_counter()
     report: dict[str, Any] = {"train_overhead": {}, "sparse_speedup": {}, "explain_overhead": {},
                               "scaling": None, "details": {"train": {}, "explain": {}, "sparse": {}}}
@@ -319,7 +324,7 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
         report["scaling"] = run_scaling(dev, sizes=scaling_sizes or SIZES, progress=progress)
     report["claims"] = claims(report, targets)
     report["settings"] = {
-        **_environment(dev), "repeats": timing.repeats, "warmup": timing.warmup, "seed": seed,
+        **_environment(dev), "heap": heap, "repeats": timing.repeats, "warmup": timing.warmup, "seed": seed,
         "keeps": list(KEEPS), "cases": {case.name: {"modality": case.modality, **_training(case), **case.settings} for case in cases},
     }
     report["seconds"] = time.perf_counter() - started

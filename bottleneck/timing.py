@@ -7,6 +7,7 @@ shared machine hit every mode alike; CUDA is synchronised around each call.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -14,13 +15,40 @@ from typing import Any
 
 import torch
 
-__all__ = ["add_timing_arguments", "interleaved", "quartiles", "setup_device", "time_call"]
+__all__ = ["add_timing_arguments", "interleaved", "quartiles", "setup_device", "steady_heap", "time_call"]
 
 
 def quartiles(times: list[float]) -> dict[str, float]:
     """Median and interquartile range of ``times`` (seconds), in milliseconds."""
     q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive")
     return {"median_ms": 1e3 * median, "iqr_ms": 1e3 * (q3 - q1), "q1_ms": 1e3 * q1, "q3_ms": 1e3 * q3}
+
+
+#: glibc ``mallopt`` parameters (``malloc.h``) and the values :func:`steady_heap` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+STEADY_HEAP = {"mmap_threshold_mib": 256, "trim_threshold_mib": 1024}
+
+
+def steady_heap() -> dict[str, Any]:
+    """Keep freed memory in this process's heap (glibc), so timings do not measure page faults.
+
+    glibc serves a large allocation (above a threshold that starts at 128 KiB and adapts)
+    with fresh ``mmap`` pages and hands them back on free, so the next call faults them in
+    again: a fresh PointNet's dense forward on the bench batch took 25 ms, the same model
+    after a few training steps 15 ms, and one full bench measured it at 24.7 ms against
+    15.0 ms in the run before -- an allocator state, not the model. Raising the mmap and
+    trim thresholds keeps buffers up to 256 MiB in the heap (what jemalloc, tcmalloc and
+    CUDA's caching allocator give); both sides of every comparison run under it. The fresh
+    PointNet then took 16.8 ms. Returns what was applied (``applied`` is ``False`` where
+    the C library has no ``mallopt``: not glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return {**STEADY_HEAP, "applied": False}
+    applied = (mallopt(_M_MMAP_THRESHOLD, STEADY_HEAP["mmap_threshold_mib"] << 20) == 1
+               and mallopt(_M_TRIM_THRESHOLD, STEADY_HEAP["trim_threshold_mib"] << 20) == 1)
+    return {**STEADY_HEAP, "applied": applied}
 
 
 def time_call(fn: Callable[[], Any], device: torch.device) -> float:

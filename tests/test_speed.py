@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -116,10 +118,12 @@ def test_placed_digits_put_each_digit_in_one_quadrant() -> None:
 def test_cli_writes_json_and_markdown(tmp_path, capsys) -> None:
     out, table = tmp_path / "speed.json", tmp_path / "speed.md"
     code = main(["bench", "speed", "--modality", "text", "--models", "BiLSTM", "--quick", "--repeats", "2",
-                 "--warmup", "0", "--no-scaling", "--no-progress", "--json", str(out), "--markdown", str(table)])
+                 "--warmup", "0", "--no-scaling", "--no-progress", "--json", str(out), "--markdown", str(table),
+                 "--system-heap"])  # the heap setting is process-wide: not in the test process
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report["train_overhead"]) == {"BiLSTM"} and report["scaling"] is None
+    assert report["settings"]["heap"] is None
     assert report["command"].startswith("bottleneck ")
     assert "BiLSTM" in table.read_text() and "BiLSTM" in capsys.readouterr().out
 
@@ -135,3 +139,30 @@ def test_cli_errors(tmp_path, capsys) -> None:
     if not torch.cuda.is_available():
         assert main([*args, "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+_FAULTS = """
+import resource, sys, torch
+from bottleneck.timing import steady_heap
+applied = steady_heap()["applied"] if sys.argv[1] == "steady" else False
+torch.ones(64 << 18).sum()  # 64 MiB once, so the steady heap has grown to hold it
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    torch.ones(64 << 18).sum()  # allocated, touched and freed again
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt thresholds are glibc's (Linux)")
+def test_steady_heap_stops_a_freed_buffer_from_faulting_in_again() -> None:
+    """Without it, each 64 MiB buffer comes from fresh mmap pages: about 16k page faults a time."""
+    runs = {}
+    for mode in ("system", "steady"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        applied, faults = out.stdout.split()
+        runs[mode] = (applied == "True", int(faults))
+    assert runs["steady"][0], "mallopt was not applied on this glibc"
+    assert runs["system"][1] > 4 * 16384  # 16384 pages of 4 KiB, faulted in every time
+    # held in the heap: faulted in at most once more (when the aligned request does not fit the
+    # freed block the first time; 0 in most runs)
+    assert runs["steady"][1] < 16384 + 2000
