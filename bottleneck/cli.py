@@ -91,7 +91,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
             raise BottleneckError(f"--models {unknown} not among {[case.name for case in cases]}")
         cases = [case for case in cases if case.name in wanted]
     report = run_speed(cases, args.device, timing=Timing(args.repeats, args.warmup), progress=not args.no_progress,
-                       hold_heap=not args.system_heap,
+                       hold_heap=not args.system_heap, sparse_in_child=not args.sparse_in_process,
                        seed=args.seed, scaling=not args.no_scaling,
                        scaling_sizes=(1_000, 10_000) if args.quick else None)
     command = "bottleneck " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed_bench.add_argument("--models", help="only these models, comma-separated (PointNet,ViT,...)")
     speed_bench.add_argument("--repeats", type=int, default=31, help="timed rounds per mode (speed.Timing)")
     speed_bench.add_argument("--warmup", type=int, default=5, help="untimed rounds per mode first")
+    speed_bench.add_argument("--sparse-in-process", action="store_true",
+                             help="time the sparse speed-ups in the process that trained the models (by default a "
+                                  "fresh process per model loads them: bottleneck.sparse_timing)")
     speed_bench.add_argument("--system-heap", action="store_true",
                              help="time with the C allocator as configured (by default freed memory stays in the "
                                   "heap on CPU, so no timing pays for page faults: bottleneck.timing.steady_heap)")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import BottleneckError
+from .sparse_timing import time_sparse, time_sparse_in_child
 from .timing import interleaved, quartiles, steady_heap
 from .train import _to, call_model, evaluate, fit
 from .wrap import _logits_of, attach
@@ -220,16 +221,21 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
 
 
 def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, timing: Timing,
-                   keeps: tuple[float, ...] = KEEPS) -> dict[str, Any]:
-    """Dense forward time over the sparse path's at each keep, with the test accuracy at each keep."""
+                   keeps: tuple[float, ...] = KEEPS, *, fresh_process: bool = False,
+                   hold_heap: bool = False) -> dict[str, Any]:
+    """Dense forward time over the sparse path's at each keep, with the test accuracy at each keep.
+
+    ``fresh_process`` times the two models in a new process (:mod:`bottleneck.sparse_timing`),
+    not in the one that trained them; ``hold_heap`` is passed on to it.
+    """
     inputs, _ = _to(case.batch, device)
     assert case.test is not None
     dense_accuracy = evaluate(models.dense, case.test, device=device)["accuracy"]
-    modes: dict[str, Callable[[], Any]] = {"dense": lambda: call_model(models.dense, inputs)}
-    for keep in keeps:
-        modes[str(keep)] = lambda keep=keep: models.masked.sparse(inputs, keep=keep)
-    with torch.no_grad():
-        times = interleaved(modes, timing.repeats, timing.warmup, device)
+    if fresh_process:
+        times = time_sparse_in_child(models.dense, models.masked, inputs, keeps, timing.repeats, timing.warmup,
+                                     device, hold_heap=hold_heap)
+    else:
+        times = time_sparse(models.dense, models.masked, inputs, keeps, timing.repeats, timing.warmup, device)
     dense_ms = _ms(times["dense"])
     per_keep: dict[str, dict[str, float]] = {}
     for keep in keeps:
@@ -244,7 +250,7 @@ def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, 
     removed = models.masked.sparse(inputs, keep=TARGET_KEEP).removed
     return {"dense_ms": dense_ms, "dense_accuracy": dense_accuracy, "keeps": per_keep,
             "units_removed": bool(removed), "train_seconds": models.seconds,
-            "joint_last_epoch": models.joint_last_epoch, "iqr_ms": _spread(times)}
+            "joint_last_epoch": models.joint_last_epoch, "iqr_ms": _spread(times), "fresh_process": fresh_process}
 
 
 def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
@@ -281,11 +287,14 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, timing: Timing | None = None,
               progress: bool = True, seed: int = 0, scaling: bool = True,
-              scaling_sizes: tuple[int, ...] | None = None, hold_heap: bool = False) -> dict[str, Any]:
+              scaling_sizes: tuple[int, ...] | None = None, hold_heap: bool = False,
+              sparse_in_child: bool = False) -> dict[str, Any]:
     """All four sections for ``cases``; the report ``bottleneck bench speed`` writes.
 
     ``hold_heap`` keeps freed memory in this process's heap on CPU (:func:`~bottleneck.timing.steady_heap`,
     for the rest of the process: the command line sets it, a library caller chooses).
+    ``sparse_in_child`` times the sparse speed-ups in a fresh process per model
+    (:mod:`bottleneck.sparse_timing`; the command line's default).
     """
     if not cases:
         raise BottleneckError("no speed cases: install a modality plugin that registers Demo(speed=...)")
@@ -309,7 +318,8 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
         if case.sparse_target is not None:  # only judged cases have one (__post_init__)
             targets[case.name] = case.sparse_target
             models = train_sparse_models(case, dev, progress=progress, seed=seed)
-            sparse = sparse_speedup(case, models, dev, timing)
+            sparse = sparse_speedup(case, models, dev, timing, fresh_process=sparse_in_child,
+                                    hold_heap=heap is not None and heap["applied"])
             report["sparse_speedup"][case.name] = {
                 keep: {"speedup": v["speedup"], "accuracy": v["accuracy"]} for keep, v in sparse["keeps"].items()}
             report["details"]["sparse"][case.name] = sparse
@@ -324,7 +334,8 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
         report["scaling"] = run_scaling(dev, sizes=scaling_sizes or SIZES, progress=progress)
     report["claims"] = claims(report, targets)
     report["settings"] = {
-        **_environment(dev), "heap": heap, "repeats": timing.repeats, "warmup": timing.warmup, "seed": seed,
+        **_environment(dev), "heap": heap, "sparse_in_child": sparse_in_child, "repeats": timing.repeats,
+        "warmup": timing.warmup, "seed": seed,
         "keeps": list(KEEPS), "cases": {case.name: {"modality": case.modality, **_training(case), **case.settings} for case in cases},
     }
     report["seconds"] = time.perf_counter() - started

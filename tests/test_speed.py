@@ -15,12 +15,15 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
+import bottleneck
 from bottleneck.cli import main
 from bottleneck.errors import BottleneckError
 from bottleneck.speed import KEEPS, SpeedCase, Timing, claims, markdown, run_speed
 from bottleneck_image.speed import placed_digits
 from bottleneck_image.speed import prepare_speed as image_cases
+from bottleneck_pointcloud.models import PointNet
 from bottleneck_pointcloud.speed import prepare_speed as pointcloud_cases
 from bottleneck_text.speed import prepare_speed as text_cases
 
@@ -35,7 +38,8 @@ def report() -> dict:
     images = image_cases(quick=True, vit_epochs=1, joint_epochs=1, test_size=64)
     # PointNet, BERT, CNN (ResNet-20), CNN-8 (not judged): every kind of case, three modalities
     cases = [points[0], text[1], images[0], images[1]]
-    return run_speed(cases, "cpu", timing=TINY, progress=False, scaling=True, scaling_sizes=(300, 600))
+    return run_speed(cases, "cpu", timing=TINY, progress=False, scaling=True, scaling_sizes=(300, 600),
+                     sparse_in_child=True)
 
 
 def test_every_section_has_every_model(report: dict) -> None:
@@ -58,6 +62,7 @@ def test_sparse_path_keeps_the_requested_fraction_and_removes_the_rest(report: d
     for name in ("PointNet", "BERT"):
         details = report["details"]["sparse"][name]
         assert details["units_removed"] is True
+        assert details["fresh_process"] is True  # timed by python -m bottleneck.sparse_timing
         for keep, figures in details["keeps"].items():
             # each sample keeps ceil(keep * n) of its n units
             assert float(keep) <= figures["kept"] <= float(keep) + 0.1, (name, keep)
@@ -166,3 +171,16 @@ def test_steady_heap_stops_a_freed_buffer_from_faulting_in_again() -> None:
     # held in the heap: faulted in at most once more (when the aligned request does not fit the
     # freed block the first time; 0 in most runs)
     assert runs["steady"][1] < 16384 + 2000
+
+
+def test_sparse_timing_child_times_each_keep_and_reports_its_failure() -> None:
+    from bottleneck.sparse_timing import time_sparse_in_child
+
+    torch.manual_seed(0)
+    batch = torch.randn(8, 12, 3)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    masked = bottleneck.attach(PointNet(4, hidden=8), "pointcloud", keep=0.5)
+    times = time_sparse_in_child(dense, masked, batch, (0.5, 1.0), 3, 1, torch.device("cpu"), hold_heap=False)
+    assert set(times) == {"dense", "0.5", "1.0"} and all(len(v) == 3 and min(v) > 0 for v in times.values())
+    with pytest.raises(BottleneckError, match=r"sparse timing child process failed(.|\n)*AttributeError"):
+        time_sparse_in_child(dense, dense, batch, (0.5,), 2, 0, torch.device("cpu"), hold_heap=False)
