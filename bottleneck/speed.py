@@ -331,7 +331,8 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
     if scaling:
         from .scaling import SIZES, run_scaling
 
-        report["scaling"] = run_scaling(dev, sizes=scaling_sizes or SIZES, progress=progress)
+        report["scaling"] = run_scaling(dev, sizes=scaling_sizes or SIZES, progress=progress,
+                                        hold_heap=heap is not None and heap["applied"])
     report["claims"] = claims(report, targets)
     report["settings"] = {
         **_environment(dev), "heap": heap, "sparse_in_child": sparse_in_child, "repeats": timing.repeats,
