@@ -301,6 +301,7 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
     dev = torch.device(device)
     timing = timing or Timing()
     heap = steady_heap() if hold_heap and dev.type == "cpu" else None
+    held = heap is not None and heap["applied"]  # the children hold theirs too
     started = time.perf_counter()
     report: dict[str, Any] = {"train_overhead": {}, "sparse_speedup": {}, "explain_overhead": {},
                               "scaling": None, "details": {"train": {}, "explain": {}, "sparse": {}}}
@@ -318,8 +319,7 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
         if case.sparse_target is not None:  # only judged cases have one (__post_init__)
             targets[case.name] = case.sparse_target
             models = train_sparse_models(case, dev, progress=progress, seed=seed)
-            sparse = sparse_speedup(case, models, dev, timing, fresh_process=sparse_in_child,
-                                    hold_heap=heap is not None and heap["applied"])
+            sparse = sparse_speedup(case, models, dev, timing, fresh_process=sparse_in_child, hold_heap=held)
             report["sparse_speedup"][case.name] = {
                 keep: {"speedup": v["speedup"], "accuracy": v["accuracy"]} for keep, v in sparse["keeps"].items()}
             report["details"]["sparse"][case.name] = sparse
@@ -331,8 +331,7 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
     if scaling:
         from .scaling import SIZES, run_scaling
 
-        report["scaling"] = run_scaling(dev, sizes=scaling_sizes or SIZES, progress=progress,
-                                        hold_heap=heap is not None and heap["applied"])
+        report["scaling"] = run_scaling(dev, sizes=scaling_sizes or SIZES, progress=progress, hold_heap=held)
     report["claims"] = claims(report, targets)
     report["settings"] = {
         **_environment(dev), "heap": heap, "sparse_in_child": sparse_in_child, "repeats": timing.repeats,
