@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 from collections.abc import Callable
 
@@ -32,7 +31,7 @@ import torch
 
 from .layer import MaskLayer
 from .neighbors import HAS_TORCH_CLUSTER, knn_graph, serial_knn_graph
-from .timing import steady_heap, time_call
+from .timing import run_child, steady_heap, time_call
 from .units import Units
 
 SIZES = (1_000, 10_000, 100_000)
@@ -64,9 +63,7 @@ def _child(flag: str, points: int, device: torch.device, *extra: str) -> dict[st
     A fresh process per figure: what the caller ran before (a benchmark that trained
     models holds a large heap and cold caches) does not leak into the figure.
     """
-    done = subprocess.run([sys.executable, "-m", "bottleneck.scaling", flag, str(points), "--device", str(device),
-                           *extra], check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child("scaling", "bottleneck.scaling", flag, str(points), "--device", str(device), *extra)
 
 
 def knn_child(points: int, device: str) -> dict[str, float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -24,8 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import BottleneckError
-from .timing import interleaved, steady_heap
+from .timing import interleaved, run_child, steady_heap
 from .train import call_model
 
 
@@ -48,12 +46,7 @@ def time_sparse_in_child(dense: nn.Module, masked: nn.Module, inputs: Any, keeps
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "sparse_timing.pt"
         torch.save(payload, path)
-        done = subprocess.run([sys.executable, "-m", "bottleneck.sparse_timing", str(path)],
-                              capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-6:])
-        raise BottleneckError(f"the sparse timing child process failed (exit {done.returncode}):\n{tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_child("sparse timing", "bottleneck.sparse_timing", str(path))
 
 
 def main(argv: list[str] | None = None) -> int:

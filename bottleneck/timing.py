@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["add_timing_arguments", "interleaved", "quartiles", "setup_device", "steady_heap", "time_call"]
+__all__ = ["add_timing_arguments", "interleaved", "quartiles", "run_child", "setup_device", "steady_heap", "time_call"]
 
 
 def quartiles(times: list[float]) -> dict[str, float]:
@@ -49,6 +52,23 @@ def steady_heap() -> dict[str, Any]:
     applied = (mallopt(_M_MMAP_THRESHOLD, STEADY_HEAP["mmap_threshold_mib"] << 20) == 1
                and mallopt(_M_TRIM_THRESHOLD, STEADY_HEAP["trim_threshold_mib"] << 20) == 1)
     return {**STEADY_HEAP, "applied": applied}
+
+
+def run_child(what: str, module: str, *args: str) -> Any:
+    """Run ``python -m MODULE ARGS`` in a fresh process and return the JSON of its last output line.
+
+    Benchmarks time in fresh processes so that what the caller ran before (training,
+    a large heap, cold caches) does not leak into a figure. A failing child raises
+    :class:`~bottleneck.errors.BottleneckError` with the tail of its stderr.
+    """
+    from .errors import BottleneckError
+
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-6:])
+        raise BottleneckError(f"the {what} child process failed (exit {done.returncode}, "
+                              f"python -m {module}):\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def time_call(fn: Callable[[], Any], device: torch.device) -> float:
