@@ -198,6 +198,26 @@ def test_vit_remove_baseline_trains_on_what_sparse_inference_sees() -> None:
     assert torch.allclose(sparse.output.logits, dense.output.logits, atol=1e-5)
 
 
+def test_vit_training_gives_closed_patches_gradients_through_the_attention() -> None:
+    """A closed patch's gate learns whether attending it would help (DynamicViT's masking)."""
+    masked = bottleneck.attach(tiny_vit(), "image", keep=0.25, gate="topk").train()
+    x = images()
+    logits: list[torch.Tensor] = []
+
+    def keep_logits(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
+        output.retain_grad()
+        logits.append(output)
+
+    masked.mask.scorer.register_forward_hook(keep_logits)
+    out = masked(x)
+    gated = masked.adapter().apply_gates(x, out.units, out.gates, "remove")
+    assert isinstance(gated, OpenPatches) and gated.pixels is x  # pixels whole, attention gated
+    out.output.logits.logsumexp(-1).sum().backward()
+    grad = logits[0].grad.flatten()
+    closed = out.gates.detach() == 0
+    assert closed.any() and (grad[closed] != 0).all() and (grad[~closed] != 0).all()
+
+
 # -- hidden insertion ----------------------------------------------------------------
 class BlobNet(nn.Module):
     """Defined here, unknown to the library: two conv stages and a linear head."""

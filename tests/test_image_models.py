@@ -203,6 +203,38 @@ def test_gradients_and_no_grad() -> None:
         forward_on_kept_patches(model, images(2), kept)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_differentiable_gates_remove_closed_patches_and_give_them_gradients(attn: str) -> None:
+    model = tiny_vit(attn)
+    kept = random_kept([3, 9], seed=5)
+    x = images(2).requires_grad_()
+    gates = kept.float().requires_grad_()
+    logits = forward_with_open_patches(model, x, kept, gates=gates).logits
+    torch.testing.assert_close(logits, forward_on_kept_patches(model, x, kept).logits, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))
+    (logits * weights).sum().backward()
+    assert (gates.grad[~kept].abs() > 1e-6).all() and (gates.grad[kept].abs() > 1e-6).all()
+    # the model cannot read a closed patch: its pixels get (almost) no gradient
+    per_patch = x.grad.abs().sum(1).unfold(1, 4, 4).unfold(2, 4, 4).sum((-1, -2)).flatten(1)
+    assert float(per_patch[~kept].max()) < 1e-12 * float(per_patch[kept].max())
+    # a closed gate's gradient is the slope of opening it a little (multiplicative attention)
+    row, patch = 0, int(torch.nonzero(~kept[0])[0])
+    nudged = kept.float().clone()
+    nudged[row, patch] = 1e-3
+    with torch.no_grad():
+        moved = forward_with_open_patches(model, x, kept, gates=nudged).logits
+        slope = float(((moved - logits) * weights).sum()) / 1e-3
+    assert slope == pytest.approx(float(gates.grad[row, patch]), rel=0.05)
+
+
+def test_differentiable_gates_errors() -> None:
+    model, kept = tiny_vit(), random_kept([3, 9])
+    with pytest.raises(BottleneckError, match="float gates of shape"):
+        forward_with_open_patches(model, images(2), kept, gates=kept)
+    with pytest.raises(BottleneckError, match="float gates of shape"):
+        forward_with_open_patches(model, images(2), kept, gates=torch.ones(2, 3))
+
+
 def test_wrapper_kwargs_pass_through() -> None:
     model = tiny_vit()
     wrapped = Wrapper(model)

@@ -62,10 +62,15 @@ HIDDEN_BASELINES = CNN_BASELINES
 
 @dataclass
 class OpenPatches:
-    """ViT input in training with the ``remove`` baseline: pixels plus which patch tokens are visible."""
+    """ViT input in training with the ``remove`` baseline: pixels plus which patch tokens are visible.
+
+    ``gates`` (float ``[B, P]``, with gradients) makes the visibility differentiable for
+    closed patches too (see :func:`~bottleneck_image.vit.forward_with_open_patches`).
+    """
 
     pixels: Tensor
     open: Tensor  # [B, P] bool
+    gates: Tensor | None = None
 
 
 @dataclass
@@ -314,6 +319,11 @@ class ImageModality(Modality):
 
     def apply_gates(self, inputs: Any, units: Units, gates: Tensor, baseline: str, **state: Any) -> Any:
         self.check_baseline(baseline)
+        if baseline == "remove" and gates.requires_grad:
+            # training: each token's attention weight is multiplied by its gate and the
+            # pixels stay whole, so a closed patch's gradient says what attending it would do
+            open_ = (gates > 0).view(units.num_samples, -1)
+            return OpenPatches(inputs, open_, gates.to(inputs.dtype).view(units.num_samples, -1))
         gate = self.gate_map(gates.to(inputs.dtype), units)
         value = self._baseline_value(inputs, baseline, units.meta["patch"], state.get("state"))
         masked = gate * inputs + (1.0 - gate) * value
@@ -333,7 +343,7 @@ class ImageModality(Modality):
         if isinstance(inputs, KeptPatches):
             return forward_on_kept_patches(model, inputs.pixels, inputs.kept, *args, **kwargs)
         if isinstance(inputs, OpenPatches):
-            return forward_with_open_patches(model, inputs.pixels, inputs.open, *args, **kwargs)
+            return forward_with_open_patches(model, inputs.pixels, inputs.open, *args, gates=inputs.gates, **kwargs)
         return model(inputs, *args, **kwargs)
 
     # -- hidden-layer insertion -----------------------------------------------

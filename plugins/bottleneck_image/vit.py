@@ -35,7 +35,13 @@ from torch import Tensor, nn
 
 from bottleneck.errors import BottleneckError, describe
 
+#: Attention weight factor of a closed patch token under differentiable gates
+#: (:func:`forward_with_open_patches`): small enough that the closed tokens move the CLS
+#: token by about 1e-6 of their share, large enough that float32 carries their gradient.
+GATE_FLOOR = 1e-30
+
 __all__ = [
+    "GATE_FLOOR",
     "PatchLayout",
     "find_patch_layout",
     "forward_on_kept_patches",
@@ -191,7 +197,8 @@ def _check_no_mask(kwargs: dict[str, Any], what: str) -> None:
 
 
 def forward_with_open_patches(
-    model: nn.Module, pixel_values: Tensor, open_patches: Tensor, *args: Any, **kwargs: Any
+    model: nn.Module, pixel_values: Tensor, open_patches: Tensor, *args: Any, gates: Tensor | None = None,
+    **kwargs: Any,
 ) -> Any:
     """Run ``model`` with closed patch tokens hidden from attention; returns the model's output.
 
@@ -202,11 +209,23 @@ def forward_with_open_patches(
     equal those of :func:`forward_on_kept_patches` with the same patches. A row
     with no open patch is allowed: its CLS token then sees only itself.
 
+    ``gates`` (float ``[B, P]`` in {0, 1}, carrying gradients) makes the mask
+    differentiable for every patch, open or closed: the mask becomes the additive
+    attention bias ``log(GATE_FLOOR + (1 - GATE_FLOOR) * gates)``, so a token's
+    attention weight is multiplied by its gate (by :data:`GATE_FLOOR` when closed).
+    That is DynamicViT's attention masking (Rao et al., 2021): the gradient of the
+    loss with respect to a closed token's gate says how the prediction would change
+    if that token were attended. With a hard boolean mask it is exactly 0, so a mask
+    trained through it could only push open patches out, never pull closed ones in
+    (a ViT's top-k mask then kept 65% of the patches that hold the evidence).
+
     Args:
         model: a ViT-style model (see :func:`find_patch_layout`) or a wrapper that
-            forwards ``attention_mask`` to it.
+            forwards ``attention_mask`` to it (a float ``[B, 1, 1, 1 + P]`` one when
+            ``gates`` is given, as Hugging Face models take).
         pixel_values: images [B, C, H, W].
         open_patches: bool [B, num_patches], True for patches to use.
+        gates: optional differentiable gates [B, num_patches] equal to ``open_patches``.
         *args, **kwargs: passed on to ``model``.
     """
     what = "forward_with_open_patches"
@@ -214,8 +233,14 @@ def forward_with_open_patches(
     layout = _layout(model, what)
     b, _ = _check_patches("open_patches", open_patches, pixel_values, layout)
     prefix = open_patches.new_ones(b, layout.num_prefix_tokens)
-    mask = torch.cat([prefix, open_patches], dim=1).long()
-    return model(pixel_values, *args, attention_mask=mask, **kwargs)
+    if gates is None:
+        mask = torch.cat([prefix, open_patches], dim=1).long()
+        return model(pixel_values, *args, attention_mask=mask, **kwargs)
+    if not isinstance(gates, Tensor) or gates.shape != open_patches.shape or not gates.is_floating_point():
+        raise BottleneckError(f"expected float gates of shape {list(open_patches.shape)}, got {describe(gates)}")
+    weights = torch.cat([prefix.to(gates.dtype), gates], dim=1).float()
+    bias = torch.log(GATE_FLOOR + (1.0 - GATE_FLOOR) * weights)
+    return model(pixel_values, *args, attention_mask=bias[:, None, None, :].to(pixel_values.dtype), **kwargs)
 
 
 def forward_on_kept_patches(
