@@ -323,6 +323,7 @@ def _knn_blocked(
     group = max(1, budget_elems // (nx * ny))
     kk = min(k, nx)
     cols_x = torch.arange(nx, device=device)
+    cols_y = cols_x if ny == nx else torch.arange(ny, device=device)
     rows_out: list[Tensor] = []
     cols_out: list[Tensor] = []
     for g0 in range(0, num_samples, group):
@@ -341,12 +342,12 @@ def _knn_blocked(
             dist.diagonal(dim1=1, dim2=2).fill_(math.inf)
         best, idx = torch.topk(dist, kk, dim=2, largest=False, sorted=True)
         valid = torch.isfinite(best)
-        valid &= (torch.arange(ny, device=device) < counts_y[g0:g1, None]).unsqueeze(-1)
+        valid &= (cols_y < counts_y[g0:g1, None]).unsqueeze(-1)
         # one nonzero for both ends of the edges: the query row follows from the flat position
         where = valid.view(-1).nonzero().squeeze(1)
-        sample, slot = g0 + where // (ny * kk), where // kk % ny
-        rows_out.append(ptr_y[sample] + slot)
-        cols_out.append(ptr_x[sample] + idx.reshape(-1)[where])
+        rows = (ptr_y[g0:g1, None] + cols_y).unsqueeze(-1).expand(-1, -1, kk)
+        rows_out.append(rows.reshape(-1)[where])
+        cols_out.append(idx.add_(ptr_x[g0:g1, None, None]).view(-1)[where])
     return torch.stack([torch.cat(rows_out), torch.cat(cols_out)])
 
 
@@ -371,8 +372,6 @@ def _knn_torch(
     dtype = torch.promote_types(x.dtype, y.dtype)
     if dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32  # accumulate distances in at least single precision
-    x_t = x.to(dtype).t().contiguous()  # [D, N]: contiguous per-coordinate slices
-    y_t = x_t if exclude_self else y.to(dtype).t().contiguous()
 
     num_samples = 1
     if batch_x is not None:
@@ -392,6 +391,8 @@ def _knn_torch(
         )
         if blocked is not None:
             return blocked
+    x_t = x.to(dtype).t().contiguous()  # [D, N]: contiguous per-coordinate slices
+    y_t = x_t if exclude_self else y.to(dtype).t().contiguous()
     # Host-side plan of the chunked search (the blocked one above needs none of it).
     ptr_x = _ptr(batch_x, n, num_samples)
     by_list = [0] * m if batch_y is None else batch_y.tolist()
