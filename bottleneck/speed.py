@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distill import DenseTeacher
 from .errors import BottleneckError
 from .sparse_timing import time_sparse, time_sparse_in_child
 from .timing import interleaved, quartiles, steady_heap
@@ -70,6 +71,8 @@ class SpeedCase:
     :param joint_mask_lr: learning rate of the mask's own parameters in that run (``None``:
         ``joint_lr``): the mask starts from scratch on a trained model.
     :param joint_options: extra options of the jointly masked model (``gate``, ``baseline``).
+    :param joint_distill: weight of distillation from the dense model in that run
+        (:class:`~bottleneck.distill.DenseTeacher`; 0: none).
     :param settings: sizes and anything else that describes the case, for the report.
     :param judged: ``False`` for a variant timed beside a judged model (e.g. a smaller size
         of it): its figures are in ``details`` and the Markdown table, marked, but not in
@@ -91,6 +94,7 @@ class SpeedCase:
     joint_lr: float = 1e-3
     joint_mask_lr: float | None = None
     joint_options: dict[str, Any] = field(default_factory=dict)
+    joint_distill: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
     judged: bool = True
 
@@ -188,12 +192,16 @@ def _training(case: SpeedCase) -> dict[str, Any]:
     if case.sparse_target is None:
         return {}
     return {"epochs": case.epochs, "lr": case.lr, "joint_epochs": case.joint_epochs, "joint_lr": case.joint_lr,
-            "joint_mask_lr": case.joint_mask_lr, "joint_options": dict(case.joint_options)}
+            "joint_mask_lr": case.joint_mask_lr, "joint_options": dict(case.joint_options),
+            "joint_distill": case.joint_distill}
 
 
 def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool = True,
                         seed: int = 0) -> SparseModels:
     """Train the dense model, then the jointly masked one (keep 0.25) from it.
+
+    With ``case.joint_distill`` the masked run also fits the dense model's predictions on
+    the full inputs (the dense model as it was when the mask was attached).
 
     The dense reference then trains on for the masked run's epochs at its learning rate,
     so both end with the same training: a sparse model that only caught up on training
@@ -209,9 +217,10 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
     dense_seconds = time.perf_counter() - start
     options = {**case.attach_options, **case.joint_options}
     masked = attach(copy.deepcopy(dense), case.modality, keep=TARGET_KEEP, **options).to(device)
+    teacher = DenseTeacher(dense, weight=case.joint_distill) if case.joint_distill else None
     start = time.perf_counter()
     joint = fit(masked, case.train, epochs=case.joint_epochs, lr=case.joint_lr, mask_lr=case.joint_mask_lr,
-                device=device, progress=progress, description=f"{case.name} masked")
+                device=device, progress=progress, description=f"{case.name} masked", penalty=teacher)
     masked_seconds = time.perf_counter() - start
     start = time.perf_counter()
     fit(dense, case.train, epochs=case.joint_epochs, lr=case.joint_lr, device=device, progress=progress,

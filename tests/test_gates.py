@@ -100,6 +100,25 @@ def test_topk_keeps_the_budget_per_sample() -> None:
     assert counts.tolist() == [2.0, 1.0, 1.0]
 
 
+def test_topk_gradient_moves_ranks_only() -> None:
+    """A fixed budget: the gate gradient is centred per sample, so a push on every unit alike is no push."""
+    gate = make_gate("topk", keep=0.25)
+    batch = torch.tensor([0] * 8 + [1] * 4 + [2] * 3)
+    logits = torch.randn(15, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    uniform = torch.tensor([2.0, -1.0, 0.5])[batch]  # "open more" (or less) for every unit of a sample
+    (gate.rsample(logits, batch, 3) * uniform).sum().backward()
+    assert torch.equal(logits.grad, torch.zeros(15))
+    logits.grad = None
+    upstream = torch.rand(15, generator=torch.Generator().manual_seed(1))
+    (gate.rsample(logits, batch, 3) * upstream).sum().backward()
+    centred = upstream - torch.zeros(3).index_add(0, batch, upstream)[batch] / torch.bincount(batch)[batch]
+    slope = torch.sigmoid(logits.detach()) * (1 - torch.sigmoid(logits.detach()))
+    assert torch.allclose(logits.grad, slope * centred, atol=1e-6)
+    single = torch.randn(6).requires_grad_()  # no batch vector: one sample
+    gate.rsample(single).sum().backward()
+    assert torch.equal(single.grad, torch.zeros(6))
+
+
 def test_concrete_temperature_anneals() -> None:
     gate = make_gate("concrete")
     gate.anneal(0.0)

@@ -8,6 +8,7 @@ and each claim is computed from the figures it names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -20,7 +21,15 @@ from torch import nn
 import bottleneck
 from bottleneck.cli import main
 from bottleneck.errors import BottleneckError
-from bottleneck.speed import KEEPS, SpeedCase, Timing, claims, markdown, run_speed
+from bottleneck.speed import (
+    KEEPS,
+    SpeedCase,
+    Timing,
+    claims,
+    markdown,
+    run_speed,
+    train_sparse_models,
+)
 from bottleneck_image.speed import placed_digits
 from bottleneck_image.speed import prepare_speed as image_cases
 from bottleneck_pointcloud.models import PointNet
@@ -104,6 +113,17 @@ def test_a_sparse_target_needs_data() -> None:
                   train=[], test=[(torch.zeros(1), torch.zeros(1))], judged=False)
     with pytest.raises(BottleneckError, match="no speed cases"):
         run_speed([], "cpu")
+
+
+def test_a_distilled_case_fits_the_dense_model_and_leaves_it_as_trained() -> None:
+    """DGCNN's joint run distils from the dense model (DenseTeacher): logged, and the teacher is a frozen copy."""
+    dgcnn = pointcloud_cases(quick=True, train_size=64, dgcnn_train_size=32, test_size=32, min_points=24,
+                             max_points=40, dgcnn_epochs=1, dgcnn_joint_epochs=1)[1]
+    assert dgcnn.name == "DGCNN" and dgcnn.joint_distill > 0
+    models = train_sparse_models(dgcnn, torch.device("cpu"), progress=False)
+    assert models.joint_last_epoch["penalty"] > 0
+    without = dataclasses.replace(dgcnn, joint_distill=0.0)
+    assert "penalty" not in train_sparse_models(without, torch.device("cpu"), progress=False).joint_last_epoch
 
 
 def test_placed_digits_put_each_digit_in_one_quadrant() -> None:
