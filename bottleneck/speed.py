@@ -73,6 +73,7 @@ class SpeedCase:
     :param joint_options: extra options of the jointly masked model (``gate``, ``baseline``).
     :param joint_distill: weight of distillation from the dense model in that run
         (:class:`~bottleneck.distill.DenseTeacher`; 0: none).
+    :param joint_max_grad_norm: gradient-norm clip of that run (``fit(max_grad_norm=)``; ``None``: none).
     :param settings: sizes and anything else that describes the case, for the report.
     :param judged: ``False`` for a variant timed beside a judged model (e.g. a smaller size
         of it): its figures are in ``details`` and the Markdown table, marked, but not in
@@ -95,6 +96,7 @@ class SpeedCase:
     joint_mask_lr: float | None = None
     joint_options: dict[str, Any] = field(default_factory=dict)
     joint_distill: float = 0.0
+    joint_max_grad_norm: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     judged: bool = True
 
@@ -193,7 +195,7 @@ def _training(case: SpeedCase) -> dict[str, Any]:
         return {}
     return {"epochs": case.epochs, "lr": case.lr, "joint_epochs": case.joint_epochs, "joint_lr": case.joint_lr,
             "joint_mask_lr": case.joint_mask_lr, "joint_options": dict(case.joint_options),
-            "joint_distill": case.joint_distill}
+            "joint_distill": case.joint_distill, "joint_max_grad_norm": case.joint_max_grad_norm}
 
 
 def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool = True,
@@ -220,7 +222,8 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
     teacher = DenseTeacher(dense, weight=case.joint_distill) if case.joint_distill else None
     start = time.perf_counter()
     joint = fit(masked, case.train, epochs=case.joint_epochs, lr=case.joint_lr, mask_lr=case.joint_mask_lr,
-                device=device, progress=progress, description=f"{case.name} masked", penalty=teacher)
+                device=device, progress=progress, description=f"{case.name} masked", penalty=teacher,
+                max_grad_norm=case.joint_max_grad_norm)
     masked_seconds = time.perf_counter() - start
     start = time.perf_counter()
     fit(dense, case.train, epochs=case.joint_epochs, lr=case.joint_lr, device=device, progress=progress,

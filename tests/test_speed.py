@@ -121,7 +121,7 @@ def test_a_distilled_case_fits_the_dense_model_and_leaves_it_as_trained() -> Non
                              max_points=40, dgcnn_epochs=1, dgcnn_joint_epochs=1)[1]
     assert dgcnn.name == "DGCNN" and dgcnn.joint_distill > 0
     models = train_sparse_models(dgcnn, torch.device("cpu"), progress=False)
-    assert models.joint_last_epoch["penalty"] > 0
+    assert models.joint_last_epoch["penalty"] > 0 and models.joint_last_epoch["grad_norm"] > 0  # clipped run
     without = dataclasses.replace(dgcnn, joint_distill=0.0)
     assert "penalty" not in train_sparse_models(without, torch.device("cpu"), progress=False).joint_last_epoch
 
