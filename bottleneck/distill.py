@@ -55,14 +55,17 @@ class DenseTeacher:
             raise BottleneckError(f"temperature must be > 0 (got {temperature!r})")
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.weight, self.temperature = float(weight), float(temperature)
+        self._device: torch.device | None = None
 
     def __call__(self, output: Any, batch: Any) -> Tensor:
         if not isinstance(output, MaskedOutput):
             raise BottleneckError(f"the dense teacher distils into a masked model's output (got {describe(output)})")
         inputs, _ = split_batch(batch)
         student = _logits_of(output.output)
-        with torch.no_grad():
+        if self._device != student.device:  # once, not every step
             self.teacher.to(student.device)
+            self._device = student.device
+        with torch.no_grad():
             reference = _logits_of(call_model(self.teacher, inputs))
         if reference.shape != student.shape:
             raise BottleneckError(

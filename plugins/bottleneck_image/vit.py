@@ -36,8 +36,9 @@ from torch import Tensor, nn
 from bottleneck.errors import BottleneckError, describe
 
 #: Attention weight factor of a closed patch token under differentiable gates
-#: (:func:`forward_with_open_patches`): small enough that the closed tokens move the CLS
-#: token by about 1e-6 of their share, large enough that float32 carries their gradient.
+#: (:func:`forward_with_open_patches`): small enough that a jointly trained model cannot
+#: learn to read closed tokens (at 1e-6 one did), large enough that float32 and bf16
+#: still carry their gradient (``exp(-69)`` is a normal float).
 GATE_FLOOR = 1e-30
 
 __all__ = [
