@@ -1,0 +1,118 @@
+"""The per-key attention bias folded into q/k: same attention, same gradients, fused kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.profiler import profile
+
+from bottleneck_image.key_bias_attention import KEY_BIAS_SDPA, key_bias_attention_on
+from bottleneck_image.models import make_vit
+from bottleneck_image.vit import GATE_FLOOR, forward_with_open_patches
+
+
+def small_vit(attn: str = "sdpa") -> nn.Module:
+    torch.manual_seed(0)
+    model = make_vit(5, image_size=16, patch_size=4, hidden_size=32, num_layers=2, num_heads=4,
+                     intermediate_size=64)
+    model.config._attn_implementation = attn
+    return model.train()
+
+
+def gate_bias(seed: int = 0, batch: int = 3) -> Tensor:
+    """A float ``[B, 1, 1, 1 + 16]`` bias ``log(floor + gates)`` of random 0/1 and soft gates."""
+    gen = torch.Generator().manual_seed(seed)
+    gates = (torch.rand(batch, 17, generator=gen) < 0.5).float()
+    gates[:, 0] = 1.0  # CLS
+    gates[:, 1] = torch.rand(batch, generator=gen)  # a soft gate
+    return torch.log(GATE_FLOOR + gates)[:, None, None, :]
+
+
+def run(model: nn.Module, bias: Tensor, fast: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Logits, the bias's gradient and the parameters' gradients of one weighted-logit loss."""
+    model.zero_grad(set_to_none=True)
+    bias = bias.clone().requires_grad_()
+    x = torch.randn(bias.shape[0], 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    if fast:
+        with key_bias_attention_on(model) as switched:
+            assert switched
+            logits = model(x, attention_mask=bias).logits
+    else:
+        logits = model(x, attention_mask=bias).logits
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))
+    (logits * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), bias.grad, grads
+
+
+def test_same_attention_and_gradients_as_the_float_mask() -> None:
+    model = small_vit()
+    bias = gate_bias()
+    fast_logits, fast_bias, fast_params = run(model, bias, fast=True)
+    ref_logits, ref_bias, ref_params = run(model, bias, fast=False)
+    torch.testing.assert_close(fast_logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_bias, ref_bias, atol=1e-6, rtol=1e-4)
+    assert fast_bias.abs().sum() > 0
+    assert fast_params.keys() == ref_params.keys()
+    for name, grad in ref_params.items():
+        torch.testing.assert_close(fast_params[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _ops(model: nn.Module, bias: Tensor, fast: bool) -> set[str]:
+    with profile() as prof:
+        run(model, bias, fast)
+    return {event.key for event in prof.key_averages()}
+
+
+def test_runs_the_fused_kernel_not_the_math_path() -> None:
+    model, bias = small_vit(), gate_bias()
+    fast, ref = _ops(model, bias, fast=True), _ops(model, bias, fast=False)
+    assert any("softmax" in op for op in ref)  # the float mask with a gradient: unfused math
+    assert not any("softmax" in op for op in fast)
+    assert any(op.startswith("aten::_scaled_dot_product_flash_attention") for op in fast)
+
+
+def test_restores_the_config_also_on_errors_and_leaves_eager_alone() -> None:
+    model = small_vit()
+    with pytest.raises(RuntimeError, match="boom"), key_bias_attention_on(model):
+        assert model.config._attn_implementation == KEY_BIAS_SDPA
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+    eager = small_vit("eager")
+    with key_bias_attention_on(eager) as switched:
+        assert not switched and eager.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("kind", ["bool", "no_grad", "non_finite"])
+def test_other_masks_take_the_plain_sdpa_path(kind: str) -> None:
+    model = small_vit()
+    bias = gate_bias()
+    if kind == "bool":
+        mask = bias > -1.0
+    elif kind == "non_finite":
+        mask = bias.masked_fill(bias < -1.0, float("-inf")).requires_grad_()
+    else:
+        mask = bias
+    x = torch.randn(3, 3, 16, 16)
+    expected = model(x, attention_mask=mask).logits
+    with key_bias_attention_on(model):
+        got = model(x, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected)
+    if kind == "non_finite":  # -inf keys: the folded form would give 0 * inf = NaN gradients
+        got.sum().backward()
+        assert torch.isfinite(mask.grad).all()
+
+
+def test_open_patch_gates_under_bf16_autocast() -> None:
+    model = small_vit()
+    x = torch.randn(2, 3, 16, 16)
+    kept = torch.zeros(2, 16, dtype=torch.bool)
+    kept[:, :6] = True
+    gates = kept.float().requires_grad_()
+    reference = forward_with_open_patches(model, x, kept, gates=gates.detach()).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = forward_with_open_patches(model, x, kept, gates=gates).logits
+    logits.float().square().sum().backward()
+    assert torch.isfinite(gates.grad).all() and (gates.grad[~kept] != 0).all()
+    torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.05)
