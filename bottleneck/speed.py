@@ -20,6 +20,7 @@ Each plugin registers its models as :class:`SpeedCase` s through
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import statistics
 import time
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import BestOnValidation
 from .distill import DenseTeacher
 from .errors import BottleneckError
 from .sparse_timing import time_sparse, time_sparse_in_child
@@ -74,6 +76,12 @@ class SpeedCase:
     :param joint_distill: weight of distillation from the dense model in that run
         (:class:`~bottleneck.distill.DenseTeacher`; 0: none).
     :param joint_max_grad_norm: gradient-norm clip of that run (``fit(max_grad_norm=)``; ``None``: none).
+    :param validation: held-out ``(inputs, targets)`` batches (never the test data): with them,
+        the masked run keeps its epoch with the best sparse accuracy at keep 0.25 and the dense
+        run its epoch with the best accuracy (:class:`~bottleneck.checkpoint.BestOnValidation`),
+        each from ``select_from`` of the joint epochs on, so both get the same selection.
+    :param select_from: fraction of the joint epochs before which no epoch is selected (the
+        mask's budget is still falling during a keep warm-up).
     :param settings: sizes and anything else that describes the case, for the report.
     :param judged: ``False`` for a variant timed beside a judged model (e.g. a smaller size
         of it): its figures are in ``details`` and the Markdown table, marked, but not in
@@ -97,6 +105,8 @@ class SpeedCase:
     joint_options: dict[str, Any] = field(default_factory=dict)
     joint_distill: float = 0.0
     joint_max_grad_norm: float | None = None
+    validation: list[tuple[Any, Tensor]] | None = None
+    select_from: float = 0.5
     settings: dict[str, Any] = field(default_factory=dict)
     judged: bool = True
 
@@ -187,6 +197,8 @@ class SparseModels:
     seconds: dict[str, float]
     #: The joint run's last-epoch means (task loss, keep rate, ...): a collapsed fine-tune shows here.
     joint_last_epoch: dict[str, float] = field(default_factory=dict)
+    #: With validation data: each run's selected epoch and its validation accuracies.
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 def _training(case: SpeedCase) -> dict[str, Any]:
@@ -195,7 +207,9 @@ def _training(case: SpeedCase) -> dict[str, Any]:
         return {}
     return {"epochs": case.epochs, "lr": case.lr, "joint_epochs": case.joint_epochs, "joint_lr": case.joint_lr,
             "joint_mask_lr": case.joint_mask_lr, "joint_options": dict(case.joint_options),
-            "joint_distill": case.joint_distill, "joint_max_grad_norm": case.joint_max_grad_norm}
+            "joint_distill": case.joint_distill, "joint_max_grad_norm": case.joint_max_grad_norm,
+            "validation_batches": len(case.validation) if case.validation else 0,
+            "select_from": case.select_from if case.validation else None}
 
 
 def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool = True,
@@ -207,7 +221,9 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
 
     The dense reference then trains on for the masked run's epochs at its learning rate,
     so both end with the same training: a sparse model that only caught up on training
-    the dense one never had would flatter the sparse accuracy.
+    the dense one never had would flatter the sparse accuracy. With ``case.validation``
+    both runs then return to their best epoch on it (from ``case.select_from`` of the
+    joint epochs on): the masked one by sparse accuracy at keep 0.25, the dense one by accuracy.
     """
     if case.train is None:
         raise BottleneckError(f"speed case {case.name!r} has no training data")
@@ -220,16 +236,27 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
     options = {**case.attach_options, **case.joint_options}
     masked = attach(copy.deepcopy(dense), case.modality, keep=TARGET_KEEP, **options).to(device)
     teacher = DenseTeacher(dense, weight=case.joint_distill) if case.joint_distill else None
+    first = math.ceil(case.select_from * case.joint_epochs) if case.validation else 0
+    pick_masked = (BestOnValidation(masked, case.validation, sparse_keep=TARGET_KEEP, start_epoch=first, device=device)
+                   if case.validation else None)
     start = time.perf_counter()
     joint = fit(masked, case.train, epochs=case.joint_epochs, lr=case.joint_lr, mask_lr=case.joint_mask_lr,
                 device=device, progress=progress, description=f"{case.name} masked", penalty=teacher,
-                max_grad_norm=case.joint_max_grad_norm)
+                max_grad_norm=case.joint_max_grad_norm, on_epoch=pick_masked)
     masked_seconds = time.perf_counter() - start
+    pick_dense = (BestOnValidation(dense, case.validation, start_epoch=first, device=device)
+                  if case.validation else None)
     start = time.perf_counter()
     fit(dense, case.train, epochs=case.joint_epochs, lr=case.joint_lr, device=device, progress=progress,
-        description=f"{case.name} dense, same epochs")
-    return SparseModels(dense.eval(), masked.eval(), {"dense": dense_seconds + time.perf_counter() - start,
-                                                      "masked": masked_seconds}, joint.last())
+        description=f"{case.name} dense, same epochs", on_epoch=pick_dense)
+    dense_seconds += time.perf_counter() - start
+    selection = {}
+    if pick_masked is not None and pick_dense is not None:
+        pick_masked.restore()
+        pick_dense.restore()
+        selection = {"masked": pick_masked.summary(), "dense": pick_dense.summary()}
+    return SparseModels(dense.eval(), masked.eval(), {"dense": dense_seconds, "masked": masked_seconds},
+                        joint.last(), selection)
 
 
 def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, timing: Timing,
@@ -262,7 +289,7 @@ def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, 
     removed = models.masked.sparse(inputs, keep=TARGET_KEEP).removed
     return {"dense_ms": dense_ms, "dense_accuracy": dense_accuracy, "keeps": per_keep,
             "units_removed": bool(removed), "train_seconds": models.seconds,
-            "joint_last_epoch": models.joint_last_epoch, "iqr_ms": _spread(times), "fresh_process": fresh_process}
+            "joint_last_epoch": models.joint_last_epoch, "selection": models.selection, "iqr_ms": _spread(times), "fresh_process": fresh_process}
 
 
 def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:

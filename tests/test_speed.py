@@ -126,6 +126,25 @@ def test_a_distilled_case_fits_the_dense_model_and_leaves_it_as_trained() -> Non
     assert "penalty" not in train_sparse_models(without, torch.device("cpu"), progress=False).joint_last_epoch
 
 
+def test_validation_selects_the_best_epoch_of_both_runs_alike() -> None:
+    """With held-out batches, the masked and the dense run each return to their best epoch from select_from on."""
+    pointnet = pointcloud_cases(quick=True, train_size=64, test_size=32, min_points=24, max_points=40,
+                                pointnet_epochs=1, pointnet_joint_epochs=4)[0]
+    validation = pointcloud_cases(quick=True, train_size=1, test_size=64, min_points=24, max_points=40,
+                                  seed=7)[0].test
+    case = dataclasses.replace(pointnet, validation=validation, select_from=0.5)
+    models = train_sparse_models(case, torch.device("cpu"), progress=False)
+    for run in ("masked", "dense"):
+        chosen = models.selection[run]
+        assert list(chosen["scores"]) == ["3", "4"]  # epochs before select_from are not candidates
+        assert chosen["best_accuracy"] == max(chosen["scores"].values())
+        assert chosen["scores"][str(chosen["best_epoch"])] == chosen["best_accuracy"]
+    assert bottleneck.evaluate(models.masked, validation, sparse=True, sparse_keep=0.25)["accuracy"] == \
+        models.selection["masked"]["best_accuracy"]
+    assert bottleneck.evaluate(models.dense, validation)["accuracy"] == models.selection["dense"]["best_accuracy"]
+    assert not train_sparse_models(pointnet, torch.device("cpu"), progress=False).selection
+
+
 def test_placed_digits_put_each_digit_in_one_quadrant() -> None:
     from bottleneck_image.data import load_digits
 
