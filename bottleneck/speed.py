@@ -236,7 +236,8 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
     options = {**case.attach_options, **case.joint_options}
     masked = attach(copy.deepcopy(dense), case.modality, keep=TARGET_KEEP, **options).to(device)
     teacher = DenseTeacher(dense, weight=case.joint_distill) if case.joint_distill else None
-    first = math.ceil(case.select_from * case.joint_epochs) if case.validation else 0
+    # the last epoch is always a candidate, however few the epochs (tests run one)
+    first = min(math.ceil(case.select_from * case.joint_epochs), case.joint_epochs - 1) if case.validation else 0
     pick_masked = (BestOnValidation(masked, case.validation, sparse_keep=TARGET_KEEP, start_epoch=first, device=device)
                    if case.validation else None)
     start = time.perf_counter()

@@ -122,6 +122,11 @@ def test_a_distilled_case_fits_the_dense_model_and_leaves_it_as_trained() -> Non
     assert dgcnn.name == "DGCNN" and dgcnn.joint_distill > 0
     models = train_sparse_models(dgcnn, torch.device("cpu"), progress=False)
     assert models.joint_last_epoch["penalty"] > 0 and models.joint_last_epoch["grad_norm"] > 0  # clipped run
+    # selected on held-out clouds that DGCNN never trains on (the last epoch is a candidate even at 1 epoch)
+    trained = {tuple(cloud.pos[0].tolist()) for cloud in dgcnn.train.dataset}
+    held_out = [batch.get_example(i) for batch, _ in dgcnn.validation for i in range(batch.num_graphs)]
+    assert held_out and not trained & {tuple(cloud.pos[0].tolist()) for cloud in held_out}
+    assert list(models.selection["masked"]["scores"]) == ["1"] == list(models.selection["dense"]["scores"])
     without = dataclasses.replace(dgcnn, joint_distill=0.0)
     assert "penalty" not in train_sparse_models(without, torch.device("cpu"), progress=False).joint_last_epoch
 
