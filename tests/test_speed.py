@@ -84,6 +84,11 @@ def test_scaling_section(report: dict) -> None:
     for row in scaling["sizes"].values():
         assert row["mask_layer_ms"] > 0 and row["knn_ms"] > 0 and row["serial_knn_ms"] > 0
         assert row["knn_peak_mib"] >= 0
+        assert row["mask_layer_ms_one_thread"] > 0  # the judged growth: the work, without parallel speed-up
+    assert scaling["mask_layer_judged_on"] == "one CPU thread"
+    fit = scaling["mask_layer_fit"]
+    times = [row["mask_layer_ms_one_thread"] for row in scaling["sizes"].values()]
+    assert fit["fixed_ms"] + fit["ms_per_1k_units"] * 0.3 == pytest.approx(times[0], rel=1e-6)  # two sizes: exact
     assert scaling["knn_peak_under_2_gib"] is (scaling["knn_peak_mib_at_largest"] < 2048)
 
 
