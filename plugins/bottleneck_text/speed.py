@@ -17,8 +17,8 @@ from .demo import SETTINGS, build_model
 
 #: (quick, full) sizes.
 SIZES: dict[bool, dict[str, int]] = {
-    True: {"train_size": 1000, "test_size": 256, "epochs": 4, "joint_epochs": 3},
-    False: {"train_size": 2000, "test_size": 512, "epochs": 6, "joint_epochs": 4},
+    True: {"train_size": 1000, "test_size": 256, "validation_size": 256, "epochs": 4, "joint_epochs": 3},
+    False: {"train_size": 2000, "test_size": 512, "validation_size": 256, "epochs": 6, "joint_epochs": 4},
 }
 BATCH_SIZE = 32
 MAX_LENGTH = 128
@@ -26,8 +26,19 @@ WORDS = {"min_words": 60, "max_words": 110}
 #: BERT's mask is fine-tuned onto the trained dense BERT with the top-k gate, as the other
 #: sparse models are: with hard-concrete gates the fine-tuned BERT lost 22 points even on
 #: every token (0.752 against 1.000 dense; a full run, one seed).
+#: BERT's runs end at their best epoch, from the second half of the joint epochs on, on 256
+#: held-out sentences (another seed of the corpus; the masked run by sparse accuracy at
+#: keep 0.25, the dense run by accuracy), as DGCNN's: its sparse accuracy was 0.994 and
+#: 0.980 in two full runs against 1.000 dense, a point or two that one epoch decides.
 #: The issue's sparse speed-up target for BERT at keep 0.25.
 BERT_TARGET = 1.8
+
+
+def _batches(encoded: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
+    """``({input_ids, attention_mask}, labels)`` pairs of :data:`BATCH_SIZE` sentences, in order."""
+    count = len(encoded["labels"])
+    return [({k: encoded[k][i:i + BATCH_SIZE] for k in ("input_ids", "attention_mask")}, encoded["labels"][i:i + BATCH_SIZE])
+            for i in range(0, count, BATCH_SIZE)]
 
 
 def prepare_speed(*, quick: bool = False, seed: int = 0, **overrides: Any) -> list[SpeedCase]:
@@ -38,10 +49,9 @@ def prepare_speed(*, quick: bool = False, seed: int = 0, **overrides: Any) -> li
     tokenizer = build_tokenizer(train_set.texts)
     train = train_set.loader(tokenizer, batch_size=BATCH_SIZE, shuffle=True, seed=seed, max_length=MAX_LENGTH)
     encoded = encode(tokenizer, test_set, max_length=MAX_LENGTH)
-    test = []
-    for start in range(0, len(test_set), BATCH_SIZE):
-        part = slice(start, start + BATCH_SIZE)
-        test.append(({k: encoded[k][part] for k in ("input_ids", "attention_mask")}, encoded["labels"][part]))
+    test = _batches(encoded)
+    validation = _batches(encode(tokenizer, make_planted_sentiment(sizes["validation_size"], seed=seed + 2, **WORDS),
+                                 max_length=MAX_LENGTH))
     options = {"special_ids": list(tokenizer.all_special_ids), "placeholder_id": tokenizer.mask_token_id}
     settings = {"batch": BATCH_SIZE, "max_length": MAX_LENGTH, **WORDS, **sizes,
                 "tokens_per_sentence": float(encoded["attention_mask"].sum(1).float().mean())}
@@ -55,6 +65,7 @@ def prepare_speed(*, quick: bool = False, seed: int = 0, **overrides: Any) -> li
             name="BERT", modality="text", make_model=lambda: build_model("bert", vocab, classes),
             batch=test[0], attach_options=options, sparse_target=BERT_TARGET, train=train, test=test,
             epochs=sizes["epochs"], lr=SETTINGS["bert"]["lr"], joint_epochs=sizes["joint_epochs"],
-            joint_lr=SETTINGS["bert"]["lr"], joint_options={"gate": "topk"}, settings=settings,
+            joint_lr=SETTINGS["bert"]["lr"], joint_options={"gate": "topk"}, validation=validation,
+            select_from=0.5, settings=settings,
         ),
     ]
