@@ -123,7 +123,7 @@ class MaskLayer(nn.Module):
 
     def scores(self, units: Units) -> Tensor:
         """Gate logits for ``units`` (``[N]`` or ``[N, P]``)."""
-        return self._bounded(self.scorer(units.x, units.batch, units.num_samples, units.size))[0]
+        return self._bounded(self.scorer(units.x, units.batch, units.num_samples))[0]
 
     def _bounded(self, raw: Tensor) -> tuple[Tensor, Tensor]:
         """Clamped logits (straight-through) and a penalty pulling raw scores back inside the bound."""
@@ -135,15 +135,15 @@ class MaskLayer(nn.Module):
         return logits.squeeze(-1) if self.gate.params_per_unit == 1 else logits
 
     def forward(self, units: Units) -> MaskResult:
-        batch, num_samples, size = units.batch, units.num_samples, units.size
-        raw = self.scorer(units.x, batch, num_samples, size)
+        batch, num_samples = units.batch, units.num_samples
+        raw = self.scorer(units.x, units.batch, units.num_samples)
         logits, excess = self._bounded(raw)
         if self.training:
             gates = self.gate.rsample(logits, batch, num_samples)
         else:
             gates = self.gate.deterministic(logits, batch, num_samples)
         p_open = self.gate.expected_open(logits, batch, num_samples)
-        keep_rate = per_sample_mean(p_open, batch, num_samples, size)
+        keep_rate = per_sample_mean(p_open, batch, num_samples)
         mean_keep = keep_rate.mean()
         smooth = smoothness_loss(p_open, units.edge_index, batch, num_samples)
         keep_term = self.constraint(mean_keep)
@@ -151,11 +151,11 @@ class MaskLayer(nn.Module):
         if self.smooth_weight != 0:
             loss = loss + self.smooth_weight * smooth
         if self.rate_weight != 0:
-            rate = rate_loss(self.gate, logits, batch, num_samples, size)
+            rate = rate_loss(self.gate, logits, batch, num_samples)
             loss = loss + self.rate_weight * rate
         else:  # only logged (the default hard-concrete gate's weight is 0): no autograd graph
             with torch.no_grad():
-                rate = rate_loss(self.gate, logits, batch, num_samples, size)
+                rate = rate_loss(self.gate, logits, batch, num_samples)
         terms = {
             "rate": rate.detach(),
             "keep_penalty": keep_term.detach(),
@@ -175,17 +175,17 @@ class MaskLayer(nn.Module):
         as the whole cost of the mask. ``loss`` is a zero and ``terms`` is empty.
         """
         batch, num_samples = units.batch, units.num_samples
-        raw = self.scorer(units.x, batch, num_samples, units.size)
+        raw = self.scorer(units.x, batch, num_samples)
         logits = self._squeeze(raw.clamp(-self.logit_bound, self.logit_bound))
         gates = self.gate.deterministic(logits, batch, num_samples)
         p_open = self.gate.expected_open(logits, batch, num_samples)
-        keep_rate = per_sample_mean(p_open, batch, num_samples, units.size)
+        keep_rate = per_sample_mean(p_open, batch, num_samples)
         relevance = self.gate.ranking(self._squeeze(raw), batch, num_samples)
         return MaskResult(logits, gates, p_open, keep_rate, raw.new_zeros(()), {}, relevance)
 
     def relevance(self, units: Units) -> Tensor:
         """``[N]`` relevance only (as :attr:`MaskResult.relevance`): all a sparse pass at a given keep needs."""
-        raw = self.scorer(units.x, units.batch, units.num_samples, units.size)
+        raw = self.scorer(units.x, units.batch, units.num_samples)
         return self.gate.ranking(self._squeeze(raw), units.batch, units.num_samples)
 
     def anneal(self, progress: float) -> None:

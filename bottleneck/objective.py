@@ -25,14 +25,14 @@ from .gates import Gate
 from .segment import segment_mean
 
 
-def per_sample_mean(values: Tensor, batch: Tensor, num_samples: int, size: int | None = None) -> Tensor:
-    """``[N] -> [B]`` mean over each sample's units (``size``: see :attr:`~bottleneck.units.Units.size`)."""
-    return segment_mean(values, batch, num_samples, size)
+def per_sample_mean(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """``[N] -> [B]`` mean over each sample's units."""
+    return segment_mean(values, batch, num_samples)
 
 
-def rate_loss(gate: Gate, logits: Tensor, batch: Tensor, num_samples: int, size: int | None = None) -> Tensor:
+def rate_loss(gate: Gate, logits: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     """Mean over samples of the per-sample mean rate penalty of ``gate``."""
-    return per_sample_mean(gate.rate(logits), batch, num_samples, size).mean()
+    return per_sample_mean(gate.rate(logits), batch, num_samples).mean()
 
 
 def smoothness_loss(p_open: Tensor, edge_index: Tensor | None, batch: Tensor, num_samples: int) -> Tensor:

@@ -61,18 +61,16 @@ class EquivariantScorer(nn.Module):
             self.head[-1].bias.copy_(torch.tensor(bias, dtype=self.head[-1].bias.dtype))
             self.head[-1].weight.mul_(0.1)
 
-    def forward(self, x: Tensor, batch: Tensor, num_samples: int, size: int | None = None) -> Tensor:
-        """``[N, out_features]`` logits; ``size``: every sample has that many consecutive units (:attr:`Units.size`)."""
+    def forward(self, x: Tensor, batch: Tensor, num_samples: int) -> Tensor:
         h = self.encode(x)
         if not self.context:
             return self.head(h)
-        context = torch.cat([segment_max(h, batch, num_samples, size), segment_mean(h, batch, num_samples, size)], -1)
+        context = torch.cat([segment_max(h, batch, num_samples), segment_mean(h, batch, num_samples)], -1)
         if not torch.is_grad_enabled():
-            return self._head_with_projected_context(h, context, batch, size)
-        return self.head(torch.cat([h, broadcast(context, batch, size)], dim=-1))
+            return self._head_with_projected_context(h, context, batch)
+        return self.head(torch.cat([h, broadcast(context, batch)], dim=-1))
 
-    def _head_with_projected_context(self, h: Tensor, context: Tensor, batch: Tensor,
-                                     size: int | None = None) -> Tensor:
+    def _head_with_projected_context(self, h: Tensor, context: Tensor, batch: Tensor) -> Tensor:
         """``head(cat([h, context[batch]]))`` with the context's share of the first layer per sample.
 
         Splitting the first weight ``W = [W_h | W_c]``, ``W [h_i, c_b] + w = W_h h_i + (W_c c_b + w)``:
@@ -85,7 +83,7 @@ class EquivariantScorer(nn.Module):
         first = self.head[0]
         width = h.shape[-1]
         per_sample = F.linear(context, first.weight[:, width:], first.bias)
-        z = torch.addmm(broadcast(per_sample, batch, size), h, first.weight[:, :width].t())
+        z = torch.addmm(broadcast(per_sample, batch), h, first.weight[:, :width].t())
         for layer in islice(self.head, 1, None):
             z = layer(z)
         return z

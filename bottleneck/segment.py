@@ -14,47 +14,28 @@ from torch_geometric.utils import scatter
 from .units import counts_to_ptr
 
 
-def segment_sum(values: Tensor, batch: Tensor, num_samples: int, size: int | None = None) -> Tensor:
-    """Sum of ``values`` over the units of each sample (``[N, ...] -> [B, ...]``).
-
-    ``size``: every sample has exactly that many consecutive units (:attr:`Units.size`),
-    so the reduction is a reshape and a dense sum, not a scatter.
-    """
-    if size is not None:
-        return values.view(num_samples, size, *values.shape[1:]).sum(1)
+def segment_sum(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """Sum of ``values`` over the units of each sample (``[N, ...] -> [B, ...]``)."""
     return scatter(values, batch, dim=0, dim_size=num_samples, reduce="sum")
 
 
-def segment_mean(values: Tensor, batch: Tensor, num_samples: int, size: int | None = None) -> Tensor:
-    """Mean of ``values`` over the units of each sample; empty samples give 0. ``size`` as in :func:`segment_sum`."""
-    if size is not None:
-        return values.view(num_samples, size, *values.shape[1:]).mean(1)
+def segment_mean(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """Mean of ``values`` over the units of each sample; empty samples give 0."""
     return scatter(values, batch, dim=0, dim_size=num_samples, reduce="mean")
 
 
-def segment_max(values: Tensor, batch: Tensor, num_samples: int, size: int | None = None) -> Tensor:
-    """Max of ``values`` over the units of each sample; empty samples give 0. ``size`` as in :func:`segment_sum`.
-
-    With ``size``, tied maxima share the gradient (``amax``); PyG's scatter also counts
-    its zero-initialised buffer as a tie when the maximum is exactly 0.
-    """
-    if size is not None:
-        return values.view(num_samples, size, *values.shape[1:]).amax(1)
+def segment_max(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    """Max of ``values`` over the units of each sample; empty samples give 0."""
     return scatter(values, batch, dim=0, dim_size=num_samples, reduce="max")
 
 
-def broadcast(per_sample: Tensor, batch: Tensor, size: int | None = None) -> Tensor:
+def broadcast(per_sample: Tensor, batch: Tensor) -> Tensor:
     """Each unit's row of a per-sample tensor (``[B, ...] -> [N, ...]``).
 
     ``index_select`` rather than ``per_sample[batch]``: its backward is an
     ``index_add``, about twice as fast on CPU as the accumulating ``index_put`` of
-    advanced indexing (0.23 against 0.66 ms for 1k units x 128 features). With
-    ``size`` (every sample that many consecutive units) it is an expand, whose
-    backward is a dense sum.
+    advanced indexing (0.23 against 0.66 ms for 1k units x 128 features).
     """
-    if size is not None:
-        rest = per_sample.shape[1:]
-        return per_sample.unsqueeze(1).expand(per_sample.shape[0], size, *rest).reshape(-1, *rest)
     return per_sample.index_select(0, batch)
 
 

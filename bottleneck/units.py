@@ -26,10 +26,6 @@ class Units:
     :param pos: ``[N, D]`` coordinates for neighbourhoods, or ``None``.
     :param edge_index: ``[2, E]`` unit graph (within samples), or ``None``.
     :param meta: anything the plugin needs to map gates back to model inputs.
-    :param size: the number of units of every sample, when all samples have the same
-        (an adapter's promise, e.g. an image's patches): per-sample reductions then
-        reshape to ``[B, size, ...]`` instead of scattering (the scorer's context: 1.1
-        against 1.6 ms forward and backward for 64 images of 64 patches). ``None``: ragged.
     """
 
     x: Tensor
@@ -38,7 +34,6 @@ class Units:
     pos: Tensor | None = None
     edge_index: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    size: int | None = None
 
     def __post_init__(self) -> None:
         if self.x.dim() != 2:
@@ -49,14 +44,6 @@ class Units:
             )
         if self.batch.dtype != torch.long:
             raise BottleneckError(f"Units.batch must be torch.long; got {self.batch.dtype}")
-        if self.size is not None and (
-            isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1
-            or self.size * self.num_samples != self.x.shape[0]
-        ):
-            raise BottleneckError(
-                f"Units.size must be None or the units per sample, an int >= 1 with size * num_samples = N = "
-                f"{self.x.shape[0]} (num_samples={self.num_samples}); got {self.size!r}"
-            )
 
     @property
     def num_units(self) -> int:

@@ -278,7 +278,7 @@ class ImageModality(Modality):
         edge_index = _grid_edges_cached(rows, cols, num_samples, images.device) if with_graph else None
         return Units(
             x=torch.cat([values, position], dim=-1), batch=batch, num_samples=num_samples, pos=pos,
-            edge_index=edge_index, size=rows * cols,
+            edge_index=edge_index,
             meta={"kind": kind, "patch": patch, "grid": (rows, cols), "size": (height, width), "image": padded,
                   **({"features": raw} if kind == "hidden" else {})},
         )
