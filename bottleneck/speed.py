@@ -236,26 +236,25 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
     options = {**case.attach_options, **case.joint_options}
     masked = attach(copy.deepcopy(dense), case.modality, keep=TARGET_KEEP, **options).to(device)
     teacher = DenseTeacher(dense, weight=case.joint_distill) if case.joint_distill else None
-    # the last epoch is always a candidate, however few the epochs (tests run one)
-    first = min(math.ceil(case.select_from * case.joint_epochs), case.joint_epochs - 1) if case.validation else 0
-    pick_masked = (BestOnValidation(masked, case.validation, sparse_keep=TARGET_KEEP, start_epoch=first, device=device)
-                   if case.validation else None)
+    picks: dict[str, BestOnValidation] = {}
+    if case.validation:
+        # the last epoch is always a candidate, however few the epochs (tests run one)
+        first = min(math.ceil(case.select_from * case.joint_epochs), case.joint_epochs - 1)
+        picks = {"masked": BestOnValidation(masked, case.validation, sparse_keep=TARGET_KEEP, start_epoch=first,
+                                            device=device),
+                 "dense": BestOnValidation(dense, case.validation, start_epoch=first, device=device)}
     start = time.perf_counter()
     joint = fit(masked, case.train, epochs=case.joint_epochs, lr=case.joint_lr, mask_lr=case.joint_mask_lr,
                 device=device, progress=progress, description=f"{case.name} masked", penalty=teacher,
-                max_grad_norm=case.joint_max_grad_norm, on_epoch=pick_masked)
+                max_grad_norm=case.joint_max_grad_norm, on_epoch=picks.get("masked"))
     masked_seconds = time.perf_counter() - start
-    pick_dense = (BestOnValidation(dense, case.validation, start_epoch=first, device=device)
-                  if case.validation else None)
     start = time.perf_counter()
     fit(dense, case.train, epochs=case.joint_epochs, lr=case.joint_lr, device=device, progress=progress,
-        description=f"{case.name} dense, same epochs", on_epoch=pick_dense)
+        description=f"{case.name} dense, same epochs", on_epoch=picks.get("dense"))
     dense_seconds += time.perf_counter() - start
-    selection = {}
-    if pick_masked is not None and pick_dense is not None:
-        pick_masked.restore()
-        pick_dense.restore()
-        selection = {"masked": pick_masked.summary(), "dense": pick_dense.summary()}
+    for pick in picks.values():
+        pick.restore()
+    selection = {name: pick.summary() for name, pick in picks.items()}
     return SparseModels(dense.eval(), masked.eval(), {"dense": dense_seconds, "masked": masked_seconds},
                         joint.last(), selection)
 

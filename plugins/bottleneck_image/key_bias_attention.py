@@ -26,6 +26,7 @@ does not recognise (boolean, per-query, non-finite, or no gradient needed).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -88,6 +89,7 @@ def key_bias_attention(
     return out[..., :width].transpose(1, 2).contiguous(), None
 
 
+@functools.cache
 def _register() -> None:
     """Register :func:`key_bias_attention` (and SDPA's mask builder) under :data:`KEY_BIAS_SDPA`."""
     from transformers import AttentionInterface
