@@ -508,16 +508,20 @@ def test_cuda_matches_cpu():
     seed=st.integers(0, 2**31 - 1),
     grid=st.booleans(),
     one_sample_per_group=st.booleans(),
+    nearest_first=st.booleans(),
 )
-def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid, one_sample_per_group):
+def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid, one_sample_per_group, nearest_first):
     """Many similar small samples take the blocked path (padded per-sample blocks); it is exact,
-    in one group of samples or in one group per sample (a budget of one 9 x 9 block)."""
+    in one group of samples or in one group per sample (a budget of one 9 x 9 block), whether
+    every sample has more than k points (the picks are gathered) or not (they are masked);
+    ``nearest_first`` orders each centre's neighbours by distance."""
     batch = _batch(counts)
     pos = _points(len(batch), dim, seed, grid)
     budget = 81 if one_sample_per_group else 10**6
-    blocked = nb._knn_blocked(pos, pos, k, batch, batch, len(counts), exclude_self=True, budget_elems=budget)
+    blocked = nb._knn_blocked(pos, pos, k, batch, batch, len(counts), exclude_self=True, budget_elems=budget,
+                              nearest_first=nearest_first)
     assert blocked is not None, "similar small samples should take the blocked path"
-    edge = knn_graph(pos, k, batch, use_cluster=False)
+    edge = knn_graph(pos, k, batch, use_cluster=False, nearest_first=nearest_first)
     assert torch.equal(edge, blocked.flip(0)), "knn_graph did not use the blocked path"
     src, dst = edge
     assert not bool((src == dst).any())
@@ -525,6 +529,33 @@ def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid, one_sa
     assert bool((dst[1:] >= dst[:-1]).all()), "centres not grouped in order"
     ref = _ref_knn_dists(pos, pos, k, batch.tolist(), batch.tolist(), exclude_self=True)
     _assert_close_lists(_got_knn_dists(pos, pos, edge.flip(0), len(batch)), ref)
+    if nearest_first:
+        dist = (pos[src] - pos[dst]).double().square().sum(1)
+        same_centre = dst[1:] == dst[:-1]
+        assert bool((dist[1:][same_centre] >= dist[:-1][same_centre] - 1e-9).all()), "not nearest first"
+
+
+def test_knn_graph_any_order_has_the_same_neighbours_on_the_chunked_path():
+    """``nearest_first=False`` changes the order of each centre's neighbours, never the set."""
+    batch = _batch([400, 12, 2, 30, 2])  # too ragged for the blocked path
+    pos = _points(len(batch), 3, 3, False)
+    assert nb._knn_blocked(pos, pos, 8, batch, batch, 5, exclude_self=True, budget_elems=10**7) is None
+    ordered = knn_graph(pos, 8, batch, use_cluster=False)
+    anyhow = knn_graph(pos, 8, batch, use_cluster=False, nearest_first=False)
+    assert torch.equal(ordered[1], anyhow[1])
+    key = ordered[1] * len(batch)
+    assert torch.equal(torch.sort(key + ordered[0]).values, torch.sort(key + anyhow[0]).values)
+
+
+def test_blocked_knn_with_overflowing_distances_links_only_real_points():
+    """Coordinates near 1e20 are finite but their squared distances overflow to inf: the gathered
+    picks could then be padding or the point itself, so that case takes the masked path."""
+    batch = _batch([6, 7, 6])
+    pos = _points(len(batch), 3, 0, False) * 1e19
+    edge = nb._knn_blocked(pos, pos, 3, batch, batch, 3, exclude_self=True, budget_elems=10**6)
+    assert edge is not None
+    centre, nbr = edge
+    assert not bool((centre == nbr).any()) and bool((batch[centre] == batch[nbr]).all())
 
 
 def test_blocked_knn_declines_very_ragged_batches():

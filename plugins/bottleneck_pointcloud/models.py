@@ -298,7 +298,7 @@ class DGCNN(nn.Module):
         h = pos
         outs = []
         for conv in self.convs:
-            edge_index = knn_graph(h.detach(), self.k, batch, loop=False)
+            edge_index = knn_graph(h.detach(), self.k, batch, loop=False, nearest_first=False)
             h = conv(h, edge_index)
             outs.append(h)
         h = self.point_mlp(torch.cat(outs, dim=-1))
