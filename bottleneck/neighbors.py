@@ -328,9 +328,12 @@ def _knn_blocked(
         return None
     device, dtype = x.device, x.dtype
     ptr_x = torch.cumsum(counts_x, 0) - counts_x
-    ptr_y = torch.cumsum(counts_y, 0) - counts_y
     slot_x = torch.arange(x.shape[0], device=device) - ptr_x[batch_x]
-    slot_y = torch.arange(y.shape[0], device=device) - ptr_y[batch_y]
+    if exclude_self:  # y is x
+        ptr_y, slot_y = ptr_x, slot_x
+    else:
+        ptr_y = torch.cumsum(counts_y, 0) - counts_y
+        slot_y = torch.arange(y.shape[0], device=device) - ptr_y[batch_y]
     dim = x.shape[1]
     xs = x.new_zeros(num_samples, nx, dim)
     xs[batch_x, slot_x] = x
@@ -405,13 +408,13 @@ def _knn_torch(
     num_samples = 1
     if batch_x is not None:
         num_samples = max(num_samples, int(batch_x[-1]) + 1)
-    if batch_y is not None:
+    if batch_y is not None and batch_y is not batch_x:
         num_samples = max(num_samples, int(batch_y[-1]) + 1)
     if budget_bytes is None:
         budget_bytes = DEFAULT_BUDGET_BYTES
         if device.type == "cpu":
             budget_bytes = min(budget_bytes, _CPU_BUDGET_BYTES)
-    budget_elems = max(1, budget_bytes // torch.empty((), dtype=dtype).element_size())
+    budget_elems = max(1, budget_bytes // dtype.itemsize)
     if chunk_size is None and num_samples > 1:
         bx = batch_x if batch_x is not None else torch.zeros(n, dtype=torch.long, device=device)
         by = batch_y if batch_y is not None else torch.zeros(m, dtype=torch.long, device=device)

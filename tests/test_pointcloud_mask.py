@@ -168,6 +168,21 @@ def test_empty_sample_inside_a_batch(masked) -> None:
         masked(data)
 
 
+@pytest.mark.parametrize(("batch", "num_graphs", "message"), [
+    ([1, 1, 2, 2], 3, r"samples \[0\] have 0 points"),  # the first sample empty
+    ([0, 0, 1, 1], 3, r"samples \[2\] have 0 points"),  # the last sample empty
+    ([0, 1, 0, 1], 2, "sorted and non-negative"),
+    ([-1, 0, 0, 1], 2, "sorted and non-negative"),
+    ([0, 0, 1, 3], 2, "names sample 3 but the batch has 2 samples"),
+])
+def test_bad_batch_vectors_say_what_is_wrong(masked, batch, num_graphs, message) -> None:
+    data = Batch.from_data_list([Data(pos=torch.randn(2, 3)) for _ in range(2)])
+    data.pos, data.batch = torch.randn(4, 3), torch.tensor(batch)
+    data._num_graphs = num_graphs
+    with pytest.raises(BottleneckError, match=message):
+        masked(data)
+
+
 def test_nan_coordinates(masked) -> None:
     pos = torch.randn(10, 3)
     pos[3, 1] = float("nan")

@@ -36,6 +36,23 @@ def test_segment_topk_equals_per_sample_loop(counts: list[int], keep: float, see
         offset += n
 
 
+@settings(max_examples=80, deadline=None)
+@given(counts=st.lists(st.integers(0, 12), min_size=1, max_size=6), seed=st.integers(0, 10_000),
+       special=st.sampled_from(["none", "-inf", "nan", "inf"]))
+def test_segment_topk_breaks_ties_by_unit_order_like_the_rank(counts: list[int], seed: int, special: str) -> None:
+    """The threshold selection keeps exactly the units the stable rank keeps: ties at the
+    threshold go to the earlier units; per-sample counts of 0 and above the sample's size,
+    empty samples, infinite scores and NaN (the rank path then runs) included."""
+    g = torch.Generator().manual_seed(seed)
+    batch = batch_from_counts(torch.tensor(counts))
+    scores = torch.randint(0, 3, (batch.numel(),), generator=g).float()  # many ties
+    if special != "none" and batch.numel():
+        scores[torch.randint(0, batch.numel(), (2,), generator=g)] = float(special)
+    k = torch.randint(0, 14, (len(counts),), generator=g)
+    mask = segment_topk_mask(scores, batch, len(counts), k)
+    assert torch.equal(mask, segment_rank(scores, batch, len(counts)) < k[batch])
+
+
 @settings(max_examples=40, deadline=None)
 @given(counts=ragged, seed=st.integers(0, 10_000))
 def test_segment_rank_is_a_permutation_per_sample(counts: list[int], seed: int) -> None:

@@ -78,17 +78,23 @@ def _check_batch(batch: Tensor, num_points: int, num_samples: int | None) -> tup
         )
     if batch.dtype != torch.long:
         raise BottleneckError(f"batch vector must be torch.long (got {describe(batch)})")
-    if batch.numel() and (batch.min() < 0 or (batch[1:] < batch[:-1]).any()):
+    first = last = -1
+    descending = skipped = False
+    if batch.numel():  # one host sync for every check: a sorted vector's ends are its min and max
+        steps = batch[1:] - batch[:-1]
+        first, last, descending, skipped = torch.stack(
+            [batch[0], batch[-1], (steps < 0).any().long(), (steps > 1).any().long()]).tolist()
+    if batch.numel() and (first < 0 or descending):
         raise BottleneckError("batch vector must be sorted and non-negative (PyG convention)")
-    inferred = int(batch.max()) + 1 if batch.numel() else 0
+    inferred = last + 1
     if num_samples is None:
         num_samples = inferred
     elif inferred > num_samples:
         raise BottleneckError(
             f"batch vector names sample {inferred - 1} but the batch has {num_samples} samples"
         )
-    counts = torch.bincount(batch, minlength=num_samples)
-    if (counts == 0).any():
+    if skipped or first > 0 or inferred < num_samples:  # some sample id has no points
+        counts = torch.bincount(batch, minlength=num_samples)
         empty = (counts == 0).nonzero().view(-1)[:5].tolist()
         raise BottleneckError(f"empty point cloud: samples {empty} have 0 points (every cloud needs >= 1)")
     return batch, num_samples
