@@ -94,8 +94,8 @@ def _check_points(value: Any, name: str) -> Tensor:
         raise BottleneckError(
             f"{name} must have at least one coordinate column; got {describe(value)}"
         )
-    if value.numel() > 0:
-        bad = int((~torch.isfinite(value)).sum())
+    if value.numel() > 0 and not all(math.isfinite(v) for v in torch.stack(torch.aminmax(value)).tolist()):
+        bad = int((~torch.isfinite(value)).sum())  # aminmax carries NaN and Inf through: one pass, one sync
         if bad:
             raise BottleneckError(
                 f"{name} must be finite (no NaN/Inf coordinates); got {bad} non-finite "
@@ -293,6 +293,17 @@ def _block_dists(yg: Tensor, xg: Tensor, counts_x: Tensor, cols_x: Tensor, exclu
     return dist
 
 
+def _may_overflow(magnitude: float, dim: int, dtype: torch.dtype) -> bool:
+    """Whether squared distances between points of at most ``magnitude`` per coordinate may overflow.
+
+    The expansion ``|y|^2 - 2 y.x + |x|^2`` of centred points is at most ``16 dim m^2``
+    (differences of ``2 m`` per coordinate; centring at most doubles ``m``): a factor of 4
+    to spare below the type's largest value. Only for coordinates beyond about 1e17
+    (float32), where the search then masks what is not finite.
+    """
+    return 64 * dim * magnitude * magnitude >= torch.finfo(dtype).max
+
+
 #: The per-sample blocked kNN pads every sample to the largest one; it is used only
 #: while that wastes at most this factor of distances over the exact per-sample work.
 _BLOCK_MAX_WASTE: float = 4.0
@@ -321,9 +332,11 @@ def _knn_blocked(
     """
     counts_x = torch.bincount(batch_x, minlength=num_samples)
     counts_y = counts_x if exclude_self else torch.bincount(batch_y, minlength=num_samples)
-    # one host sync for the whole plan
-    nx, ny, fewest_x, exact_work = torch.stack(
-        [counts_x.max(), counts_y.max(), counts_x.min(), (counts_x * counts_y).sum()]).tolist()
+    # one host sync for the whole plan (float64 holds counts exactly up to 2**53)
+    extremes = [*torch.aminmax(x)] + ([] if exclude_self else [*torch.aminmax(y)])
+    plan = torch.stack([counts_x.max(), counts_y.max(), counts_x.min(), (counts_x * counts_y).sum()]).double()
+    nx, ny, fewest_x, exact_work, *bounds = torch.cat([plan, torch.stack(extremes).double()]).tolist()
+    nx, ny, fewest_x, exact_work = int(nx), int(ny), int(fewest_x), int(exact_work)
     if nx * ny > budget_elems or num_samples * nx * ny > _BLOCK_MAX_WASTE * max(exact_work, 1):
         return None
     device, dtype = x.device, x.dtype
@@ -350,22 +363,25 @@ def _knn_blocked(
     kk = min(k, nx)
     cols_x = torch.arange(nx, device=device)
     cols_y = cols_x if ny == nx else torch.arange(ny, device=device)
-    # Every query has at least k real candidates (its own point excluded): each pick is a
-    # real point of its sample, so the picks of the real query slots are the edges, taken
-    # by one gather instead of a validity mask and its nonzero (the common case: samples
-    # larger than k; on 32 clouds of 32-64 points this was a third of the search).
-    if fewest_x - int(exclude_self) >= k:
+    # Every query has at least k real candidates (its own point excluded) at a finite
+    # distance: each pick is a real point of its sample, so only the real query rows are
+    # searched and their picks are the edges, with no validity mask and no nonzero (the
+    # common case: samples larger than k; on 32 clouds of 32-64 points this was a third
+    # of the search, and the padded query rows a quarter of the top-k).
+    if fewest_x - int(exclude_self) >= k and not _may_overflow(max(map(abs, bounds)), dim, dtype):
+        slot_rows = batch_y * ny + slot_y
+        first_rows = [0] if group >= num_samples else ptr_y.tolist()
         picks = []
         for g0 in range(0, num_samples, group):
             g1 = min(num_samples, g0 + group)
             dist = _block_dists(ys[g0:g1], xs[g0:g1], counts_x[g0:g1], cols_x, exclude_self)
-            picks.append(torch.topk(dist, k, dim=2, largest=False, sorted=nearest_first))
-        slot_rows = batch_y * ny + slot_y
-        best = torch.cat([p.values for p in picks]).view(-1, k).index_select(0, slot_rows)
-        if bool(torch.isfinite(best).all()):  # distances overflow only beyond ~1e19
-            idx = torch.cat([p.indices for p in picks]).view(-1, k).index_select(0, slot_rows)
-            rows = torch.arange(y.shape[0], device=device).unsqueeze(1).expand(-1, k)
-            return torch.stack([rows.reshape(-1), idx.add_(ptr_x[batch_y].unsqueeze(1)).view(-1)])
+            rows = slot_rows if g1 - g0 == num_samples else slot_rows[
+                first_rows[g0]:first_rows[g1] if g1 < num_samples else y.shape[0]] - g0 * ny
+            real = dist.view(-1, nx).index_select(0, rows)
+            picks.append(torch.topk(real, k, dim=1, largest=False, sorted=nearest_first).indices)
+        nbr = (picks[0] if len(picks) == 1 else torch.cat(picks)).add_(ptr_x[batch_y].unsqueeze(1))
+        centre = torch.arange(y.shape[0], device=device).unsqueeze(1).expand(-1, k)
+        return torch.stack([centre.reshape(-1), nbr.view(-1)])
     rows_out: list[Tensor] = []
     cols_out: list[Tensor] = []
     for g0 in range(0, num_samples, group):
