@@ -81,6 +81,8 @@ def _bench_speed(args: argparse.Namespace) -> int:
             raise BottleneckError(f"--device {args.device} but CUDA is not available here")
     if args.repeats < 2:
         raise BottleneckError(f"--repeats must be >= 2 (got {args.repeats})")
+    if args.sparse_processes < 1:
+        raise BottleneckError(f"--sparse-processes must be >= 1 (got {args.sparse_processes})")
     modalities = args.modality or sorted(name for name, item in demos().items() if item.speed is not None)
     cases = [case for modality in modalities
              for case in _provider(modality, "speed")(quick=args.quick, seed=args.seed)]
@@ -90,7 +92,8 @@ def _bench_speed(args: argparse.Namespace) -> int:
         if unknown:
             raise BottleneckError(f"--models {unknown} not among {[case.name for case in cases]}")
         cases = [case for case in cases if case.name in wanted]
-    report = run_speed(cases, args.device, timing=Timing(args.repeats, args.warmup), progress=not args.no_progress,
+    timing = Timing(args.repeats, args.warmup, args.sparse_processes)
+    report = run_speed(cases, args.device, timing=timing, progress=not args.no_progress,
                        hold_heap=not args.system_heap, sparse_in_child=not args.sparse_in_process,
                        seed=args.seed, scaling=not args.no_scaling,
                        scaling_sizes=(1_000, 10_000) if args.quick else None)
@@ -165,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed_bench.add_argument("--sparse-in-process", action="store_true",
                              help="time the sparse speed-ups in the process that trained the models (by default a "
                                   "fresh process per model loads them: bottleneck.sparse_timing)")
+    speed_bench.add_argument("--sparse-processes", type=int, default=3,
+                             help="fresh processes the sparse speed-ups are timed in, one after the other; each "
+                                  "figure is the median of theirs (default %(default)s, as speed.Timing)")
     speed_bench.add_argument("--system-heap", action="store_true",
                              help="time with the C allocator as configured (by default freed memory stays in the "
                                   "heap on CPU, so no timing pays for page faults: bottleneck.timing.steady_heap)")

@@ -36,7 +36,7 @@ from bottleneck_pointcloud.models import PointNet
 from bottleneck_pointcloud.speed import prepare_speed as pointcloud_cases
 from bottleneck_text.speed import prepare_speed as text_cases
 
-TINY = Timing(repeats=2, warmup=0)
+TINY = Timing(repeats=2, warmup=0, sparse_processes=2)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +72,17 @@ def test_sparse_path_keeps_the_requested_fraction_and_removes_the_rest(report: d
         details = report["details"]["sparse"][name]
         assert details["units_removed"] is True
         assert details["fresh_process"] is True  # timed by python -m bottleneck.sparse_timing
+        # in two processes: each figure is the median of theirs (of two: their mean)
+        assert len(details["processes"]) == 2
+        for keep, figures in details["keeps"].items():
+            ratios = [run["median_ms"]["dense"] / run["median_ms"][keep] for run in details["processes"]]
+            assert figures["speedup_per_process"] == pytest.approx(ratios)
+            assert figures["speedup"] == pytest.approx(sum(ratios) / 2)
         for keep, figures in details["keeps"].items():
             # each sample keeps ceil(keep * n) of its n units
             assert float(keep) <= figures["kept"] <= float(keep) + 0.1, (name, keep)
         assert details["train_seconds"]["dense"] > 0 and details["train_seconds"]["masked"] > 0
+    assert "Speed-ups are medians over the timing processes; at keep 0.25 each gave: PointNet x" in markdown(report)
 
 
 def test_scaling_section(report: dict) -> None:
@@ -190,6 +197,8 @@ def test_cli_errors(tmp_path, capsys) -> None:
     assert "no speed benchmark for modality 'audio'" in capsys.readouterr().err
     assert main([*args, "--repeats", "1"]) == 2
     assert "--repeats must be >= 2" in capsys.readouterr().err
+    assert main([*args, "--sparse-processes", "0"]) == 2
+    assert "--sparse-processes must be >= 1 (got 0)" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main([*args, "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
