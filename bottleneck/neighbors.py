@@ -370,13 +370,13 @@ def _knn_blocked(
     # of the search, and the padded query rows a quarter of the top-k).
     if fewest_x - int(exclude_self) >= k and not _may_overflow(max(map(abs, bounds)), dim, dtype):
         slot_rows = batch_y * ny + slot_y
-        first_rows = [0] if group >= num_samples else ptr_y.tolist()
+        # each group's queries are a contiguous run of y (another sync, only for several groups)
+        starts = None if group >= num_samples else [*ptr_y.tolist(), y.shape[0]]
         picks = []
         for g0 in range(0, num_samples, group):
             g1 = min(num_samples, g0 + group)
             dist = _block_dists(ys[g0:g1], xs[g0:g1], counts_x[g0:g1], cols_x, exclude_self)
-            rows = slot_rows if g1 - g0 == num_samples else slot_rows[
-                first_rows[g0]:first_rows[g1] if g1 < num_samples else y.shape[0]] - g0 * ny
+            rows = slot_rows if starts is None else slot_rows[starts[g0]:starts[g1]] - g0 * ny
             real = dist.view(-1, nx).index_select(0, rows)
             picks.append(torch.topk(real, k, dim=1, largest=False, sorted=nearest_first).indices)
         nbr = (picks[0] if len(picks) == 1 else torch.cat(picks)).add_(ptr_x[batch_y].unsqueeze(1))
