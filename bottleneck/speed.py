@@ -284,6 +284,7 @@ def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, 
     else:
         runs = [time_sparse(models.dense, models.masked, inputs, keeps, timing.repeats, timing.warmup, device)]
     medians = [{mode: _ms(values) for mode, values in times.items()} for times in runs]
+    spreads = [_spread(times) for times in runs]
     dense_ms = statistics.median(run["dense"] for run in medians)
     per_keep: dict[str, dict[str, Any]] = {}
     for keep in keeps:
@@ -301,8 +302,8 @@ def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, 
             "units_removed": bool(removed), "train_seconds": models.seconds,
             "joint_last_epoch": models.joint_last_epoch, "selection": models.selection, "fresh_process": fresh_process,
             # each timing process's medians and interquartile ranges; iqr_ms is each mode's largest
-            "processes": [{"median_ms": run, "iqr_ms": _spread(times)} for run, times in zip(medians, runs, strict=True)],
-            "iqr_ms": {mode: max(_spread(times)[mode] for times in runs) for mode in runs[0]}}
+            "processes": [{"median_ms": run, "iqr_ms": spread} for run, spread in zip(medians, spreads, strict=True)],
+            "iqr_ms": {mode: max(spread[mode] for spread in spreads) for mode in spreads[0]}}
 
 
 def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
