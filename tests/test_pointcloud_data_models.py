@@ -15,7 +15,7 @@ from bottleneck_pointcloud.data import (
     make_dense_shapes,
     make_shapes,
 )
-from bottleneck_pointcloud.models import DGCNN, NodeSplitEdgeConv, PointNet, _mlp
+from bottleneck_pointcloud.models import DGCNN, NodeSplitEdgeConv, PointNet, _constant_degree, _mlp
 
 # --------------------------------------------------------------------------- data
 
@@ -144,14 +144,25 @@ def test_dense_matches_batch() -> None:
             torch.testing.assert_close(model(pos), model(batch), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("channels, plain_last", [([16, 32, 24], False), ([16, 24], True), ([16, 32, 24], True)])
-def test_node_split_edge_conv_equals_edge_conv(training: bool, channels: list[int], plain_last: bool) -> None:
-    """Running the first layer per node changes the arithmetic, not the function or its gradients."""
+def test_node_split_edge_conv_equals_edge_conv(
+    training: bool, channels: list[int], plain_last: bool, shuffled: bool
+) -> None:
+    """Running the first layer per node changes the arithmetic, not the function or its gradients.
+
+    The kNN graph gives every node 5 edges, grouped by target (the ``[N, k]`` view path);
+    shuffled, the same edges are not grouped and take the scatter path.
+    """
     torch.manual_seed(0)
     x = torch.randn(90, 8)
     batch = torch.arange(3).repeat_interleave(30)
     edge_index = knn_graph(x, 5, batch, loop=False)
+    assert _constant_degree(edge_index[1], 90) == 5
+    if shuffled:
+        edge_index = edge_index[:, torch.randperm(edge_index.shape[1])]
+        assert _constant_degree(edge_index[1], 90) is None
     mlp = _mlp(channels, plain_last=plain_last).train(training)
     split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
     x_split, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -167,20 +178,25 @@ def test_node_split_edge_conv_equals_edge_conv(training: bool, channels: list[in
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("isolated", [True, False])
+@pytest.mark.parametrize("act_first", [False, True])
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "tanh", "gelu"])
-def test_node_split_edge_conv_one_layer_eval_equals_edge_conv(act: str) -> None:
+def test_node_split_edge_conv_one_layer_eval_equals_edge_conv(act: str, act_first: bool, isolated: bool) -> None:
     """In eval a one-layer MLP with a monotone tail skips the per-edge arithmetic, same values.
 
-    The norm's slopes have both signs (the min replaces the max where it is negative),
-    and one node has no incoming edge (EdgeConv gives it 0). GELU is not monotone:
-    it keeps the per-edge path and still matches.
+    The norm's slopes have both signs (folded into the weights with the norm first; the
+    min replaces the max where negative with the activation first). With ``isolated``
+    node 7 has no incoming edge (EdgeConv gives it 0) and the scatter path runs;
+    without, every node has 5 edges and the ``[N, k]`` view path runs. GELU is not
+    monotone: it keeps the per-edge path and still matches.
     """
     torch.manual_seed(0)
     x = torch.randn(90, 8)
     batch = torch.arange(3).repeat_interleave(30)
     edge_index = knn_graph(x, 5, batch, loop=False)
-    edge_index = edge_index[:, edge_index[1] != 7]  # node 7 receives nothing
-    mlp = MLP([16, 24], act=act, norm="batch_norm", plain_last=False)
+    if isolated:
+        edge_index = edge_index[:, edge_index[1] != 7]  # node 7 receives nothing
+    mlp = MLP([16, 24], act=act, act_first=act_first, norm="batch_norm", plain_last=False)
     split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
     split.train()
     split(torch.randn(90, 8), edge_index)  # running statistics that differ from the initial ones
@@ -191,8 +207,23 @@ def test_node_split_edge_conv_one_layer_eval_equals_edge_conv(act: str) -> None:
     with torch.no_grad():
         out_split, out_ref = split(x, edge_index), reference(x, edge_index)
     torch.testing.assert_close(out_split, out_ref, rtol=1e-5, atol=1e-5)
-    assert torch.all(out_split[7] == 0)
+    if isolated:
+        assert torch.all(out_split[7] == 0)
     assert (out_ref != 0).any()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 4 * 5 * 7, 2**30])
+def test_neighbour_max_in_chunks_equals_one_gather(monkeypatch, chunk_bytes: int) -> None:
+    """The row-chunked gather-and-max gives what one ``[N, k, H]`` gather gives: one row per
+    chunk, 7 rows per chunk (30 rows: a short last chunk), and everything in one piece."""
+    from bottleneck_pointcloud import models
+
+    monkeypatch.setattr(models, "_GATHER_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    values = torch.randn(40, 5)
+    neighbours = torch.randint(0, 40, (30, 3))
+    expected = values[neighbours].amax(1)
+    assert torch.equal(models._neighbour_max(values, neighbours), expected)
 
 
 def test_dgcnn_eval_equals_the_same_network_with_pyg_edge_conv() -> None:
