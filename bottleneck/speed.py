@@ -88,8 +88,8 @@ class SpeedCase:
         ``train_overhead`` / ``explain_overhead`` and not held to the targets.
     :param large_batch: a larger ``(inputs, targets)`` batch of the same data on which the
         speed-up at keep 0.25 is timed too, beside the judged figure and not judged itself:
-        the sparse call has a fixed cost per call (the mask's few hundred small operations),
-        which a larger batch spreads over more samples.
+        part of a sparse call's cost does not grow with the batch, and a larger batch
+        shares it among more samples.
     """
 
     name: str
@@ -452,8 +452,8 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
         larger = {name: details["large_batch"] for name, details in report["details"]["sparse"].items()
                   if details.get("large_batch")}
         if larger:
-            lines += ["", "On a larger batch of the same data (not judged; the sparse call's fixed cost per call "
-                      "spread over more samples), at keep " + str(TARGET_KEEP) + ": "
+            lines += ["", "On a larger batch of the same data (not judged; what a sparse call costs whatever "
+                      "the batch is shared by more samples), at keep " + str(TARGET_KEEP) + ": "
                       + "; ".join(f"{name} x{large['speedup']:.2f} on {large['samples']} samples "
                                   f"({large['dense_ms']:.1f} / {large['sparse_ms']:.1f} ms)"
                                   for name, large in larger.items()) + "."]

@@ -161,7 +161,8 @@ class NodeSplitEdgeConv(EdgeConv):
     When every node receives the same number ``k`` of edges, grouped by target (a kNN
     graph whose samples all have more than ``k`` points), the maximum is taken over a
     ``[N, k, H]`` view instead of a scatter, and the per-target terms are broadcast, not
-    gathered: about 150 against 50 us per layer on the kept quarter of the bench's batch.
+    gathered: the max took about 50 instead of 150 us on the 64-wide layers of the bench
+    batch's kept quarter (1.5k points, k=16, 2 CPU cores).
     """
 
     def __init__(self, mlp: MLP) -> None:

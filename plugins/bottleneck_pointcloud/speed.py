@@ -87,8 +87,9 @@ SPARSE_MASK = {"hidden": 32}
 #: The issue's sparse speed-up targets at keep 0.25.
 TARGETS = {"PointNet": 2.5, "DGCNN": 5.0}
 #: Clouds of the larger timing batch (the first of the test set), timed beside the judged
-#: batch of :data:`BATCH_SIZE`: a sparse call costs about 2 ms whatever the batch (the
-#: mask's and the kNN's small operations), a fifth of DGCNN's on 32 clouds.
+#: batch of :data:`BATCH_SIZE`, not judged. Part of a sparse call does not grow with the
+#: batch: from 32 to 128 clouds DGCNN's sparse time per cloud fell from 0.33 to 0.25 ms and
+#: its dense time per cloud from 1.37 to 1.29 ms (one full run).
 LARGE_BATCH_SIZE = 4 * BATCH_SIZE
 
 
