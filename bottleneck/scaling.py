@@ -37,7 +37,7 @@ import torch
 
 from .layer import MaskLayer
 from .neighbors import HAS_TORCH_CLUSTER, knn_graph, serial_knn_graph
-from .timing import run_child, steady_heap, time_call
+from .timing import run_child, steady_heap, time_call, use_threads
 from .units import Units
 
 SIZES = (1_000, 10_000, 100_000)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        use_threads(args.threads)
     if args.child_layer:
         if args.steady_heap:
             steady_heap()

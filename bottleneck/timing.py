@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["add_timing_arguments", "interleaved", "quartiles", "run_child", "setup_device", "steady_heap", "time_call"]
+__all__ = [
+    "add_timing_arguments", "interleaved", "quartiles", "run_child", "setup_device", "steady_heap", "time_call",
+    "use_threads",
+]
 
 
 def quartiles(times: list[float]) -> dict[str, float]:
@@ -52,6 +55,25 @@ def steady_heap() -> dict[str, Any]:
     applied = (mallopt(_M_MMAP_THRESHOLD, STEADY_HEAP["mmap_threshold_mib"] << 20) == 1
                and mallopt(_M_TRIM_THRESHOLD, STEADY_HEAP["trim_threshold_mib"] << 20) == 1)
     return {**STEADY_HEAP, "applied": applied}
+
+
+def use_threads(count: int) -> bool:
+    """Give torch ``count`` intra-op threads, calling ``torch.set_num_threads`` only if it has another count.
+
+    Setting the count torch already has is not free: on this project's 2-core machine
+    (OpenMP, MKL, oneDNN) ``torch.set_num_threads(2)`` in a process that had 2 threads
+    made the bench ViT's forward 22% slower (11.9 against 14.6 ms) and its training step
+    17% slower (39.1 against 45.5 ms), side by side in fresh processes; DGCNN's forward
+    (PyG segment operations) did not move. Returns whether the count was changed.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        from .errors import BottleneckError
+
+        raise BottleneckError(f"thread count must be an int >= 1 (got {count!r})")
+    if torch.get_num_threads() == count:
+        return False
+    torch.set_num_threads(count)
+    return True
 
 
 def run_child(what: str, module: str, *args: str) -> Any:
@@ -112,6 +134,6 @@ def setup_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> t
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        use_threads(args.threads)
     torch.manual_seed(args.seed)
     return torch.device(args.device)

@@ -252,6 +252,20 @@ def test_steady_heap_stops_a_freed_buffer_from_faulting_in_again() -> None:
     assert sum(runs["steady"][1][6:]) < 2000, runs["steady"]  # held in the heap once it has settled
 
 
+def test_use_threads_leaves_the_pool_alone_when_it_has_the_count(monkeypatch) -> None:
+    """``torch.set_num_threads`` runs only to change the count (setting the same one slowed the ViT)."""
+    from bottleneck.timing import use_threads
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    current = torch.get_num_threads()
+    assert use_threads(current) is False and calls == []
+    assert use_threads(current + 1) is True and calls == [current + 1]
+    for bad in (0, 1.5, True):
+        with pytest.raises(BottleneckError, match="thread count must be an int >= 1"):
+            use_threads(bad)
+
+
 def test_sparse_timing_child_times_each_keep_and_reports_its_failure() -> None:
     from bottleneck.sparse_timing import time_sparse_in_child
 
