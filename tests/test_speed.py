@@ -239,9 +239,10 @@ print(json.dumps([applied, faults]))
 def test_steady_heap_stops_a_freed_buffer_from_faulting_in_again() -> None:
     """Without it, each 64 MiB buffer comes from fresh mmap pages: about 16k page faults a time.
 
-    With it the heap settles within the first few buffers (0 to 2 of them fault in, by where
-    the aligned request lands in the grown heap), and from then on no buffer faults in again;
-    so the last six of twelve are judged.
+    With it most buffers reuse the heap and fault nothing. Now and then the heap grows
+    instead (where the aligned request lands among other allocations) and that one buffer
+    faults in: 0 to 2 of the twelve in the runs seen, at the start and once as the eleventh,
+    so at most four may, and the median buffer must fault nothing.
     """
     runs = {}
     for mode in ("system", "steady"):
@@ -249,7 +250,9 @@ def test_steady_heap_stops_a_freed_buffer_from_faulting_in_again() -> None:
         runs[mode] = json.loads(out.stdout)
     assert runs["steady"][0], "mallopt was not applied on this glibc"
     assert all(f > 16000 for f in runs["system"][1]), runs["system"]  # 16384 pages of 4 KiB, every time
-    assert sum(runs["steady"][1][6:]) < 2000, runs["steady"]  # held in the heap once it has settled
+    steady = runs["steady"][1]
+    assert sum(f > 8000 for f in steady) <= 4, runs["steady"]  # the system heap: all twelve
+    assert sorted(steady)[len(steady) // 2] < 100, runs["steady"]  # the typical buffer is held in the heap
 
 
 def test_use_threads_leaves_the_pool_alone_when_it_has_the_count(monkeypatch) -> None:
