@@ -63,8 +63,9 @@ def use_threads(count: int) -> bool:
     Setting the count torch already has is not free: on this project's 2-core machine
     (OpenMP, MKL, oneDNN) ``torch.set_num_threads(2)`` in a process that had 2 threads
     made the bench ViT's forward 22% slower (11.9 against 14.6 ms) and its training step
-    17% slower (39.1 against 45.5 ms), side by side in fresh processes; DGCNN's forward
-    (PyG segment operations) did not move. Returns whether the count was changed.
+    17% slower (39.1 against 45.5 ms), side by side in fresh processes; in the sparse
+    timing child DGCNN's sparse call took 9.8-10.2 against 9.5-9.6 ms with its dense
+    forward unchanged. Returns whether the count was changed.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         from .errors import BottleneckError
