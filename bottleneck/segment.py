@@ -69,11 +69,9 @@ def segment_rank(scores: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     ptr = counts_to_ptr(counts)
     count = scores.numel()
     width = int(counts.max()) if count else 0
-    padded = scores.is_floating_point() and 0 < num_samples * width <= PADDED_RANK_MAX_FILL * count
-    if padded and bool((batch[1:] >= batch[:-1]).all()):
-        position = torch.arange(count, device=scores.device) - ptr[batch]
-        table = scores.new_full((num_samples, width), float("-inf"))
-        table[batch, position] = scores
+    padded = scores.is_floating_point() and num_samples * width > 0
+    if padded and _padding_pays(batch, num_samples, width):
+        table, position = _padded_table(scores, batch, ptr, num_samples, width)
         order = torch.argsort(table, dim=1, descending=True, stable=True)
         ranks = torch.empty_like(order).scatter_(
             1, order, torch.arange(width, device=scores.device).expand(num_samples, width))
@@ -82,6 +80,22 @@ def segment_rank(scores: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=scores.device) - ptr[batch[order]]
     return rank
+
+
+def _padding_pays(batch: Tensor, num_samples: int, width: int) -> bool:
+    """Whether a ``[B, width]`` table is worth padding to: at most :data:`PADDED_RANK_MAX_FILL`
+    cells per unit, and ``batch`` sorted (each sample's units are a contiguous run)."""
+    return (num_samples * width <= PADDED_RANK_MAX_FILL * batch.numel()
+            and bool((batch[1:] >= batch[:-1]).all()))
+
+
+def _padded_table(scores: Tensor, batch: Tensor, ptr: Tensor, num_samples: int, width: int) -> tuple[Tensor, Tensor]:
+    """``(table, position)``: the scores in a ``[B, width]`` table, row = sample, padded with ``-inf``,
+    and each unit's column in it (its position within its sample)."""
+    position = torch.arange(scores.numel(), device=scores.device) - ptr[batch]
+    table = scores.new_full((num_samples, width), float("-inf"))
+    table[batch, position] = scores
+    return table, position
 
 
 def keep_counts(counts: Tensor, keep: float, minimum: int = 1) -> Tensor:
@@ -120,14 +134,12 @@ def _top_by_threshold(scores: Tensor, batch: Tensor, counts: Tensor, k: Tensor) 
     if not scores.is_floating_point() or count == 0 or scores.dim() != 1:
         return None
     width, most = torch.stack([counts.max(), k.max()]).tolist()
-    if num_samples * width > PADDED_RANK_MAX_FILL * count or not bool((batch[1:] >= batch[:-1]).all()):
+    if not _padding_pays(batch, num_samples, width):
         return None
     if most == 0:
         return torch.zeros(count, dtype=torch.bool, device=scores.device)
     ptr = counts_to_ptr(counts)
-    position = torch.arange(count, device=scores.device) - ptr[batch]
-    table = scores.new_full((num_samples, width), float("-inf"))
-    table[batch, position] = scores
+    table, _ = _padded_table(scores, batch, ptr, num_samples, width)
     top = torch.topk(table, most, dim=1).values
     if bool(top.isnan().any()):
         return None
