@@ -500,6 +500,16 @@ def test_cuda_matches_cpu():
 # ------------------------------------------------------- per-sample blocked kNN
 
 
+
+def _blocked(pos, k, batch, budget, **options):
+    """The blocked search's ``[2, E]`` (centre, neighbour) pairs, or ``None`` where it declines."""
+    layout = nb.SampleLayout.of(batch)
+    magnitude = float(pos.abs().max())
+    found = nb._knn_blocked(pos, pos, k, layout, layout, exclude_self=True, budget_elems=budget,
+                            magnitude=magnitude, **options)
+    return None if found is None else torch.stack(found)
+
+
 @SETTINGS
 @given(
     counts=st.lists(st.integers(4, 9), min_size=2, max_size=6),
@@ -518,8 +528,7 @@ def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid, one_sa
     batch = _batch(counts)
     pos = _points(len(batch), dim, seed, grid)
     budget = 81 if one_sample_per_group else 10**6
-    blocked = nb._knn_blocked(pos, pos, k, batch, batch, len(counts), exclude_self=True, budget_elems=budget,
-                              nearest_first=nearest_first)
+    blocked = _blocked(pos, k, batch, budget, nearest_first=nearest_first)
     assert blocked is not None, "similar small samples should take the blocked path"
     edge = knn_graph(pos, k, batch, use_cluster=False, nearest_first=nearest_first)
     assert torch.equal(edge, blocked.flip(0)), "knn_graph did not use the blocked path"
@@ -535,11 +544,54 @@ def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid, one_sa
         assert bool((dist[1:][same_centre] >= dist[:-1][same_centre] - 1e-9).all()), "not nearest first"
 
 
+@SETTINGS
+@given(counts=ragged, k=st.integers(1, 8), dim=st.sampled_from([3, 12]), seed=st.integers(0, 2**31 - 1),
+       grid=st.booleans(), loop=st.booleans())
+def test_knn_graph_with_a_layout_gives_the_same_graph(counts, k, dim, seed, grid, loop):
+    """A :class:`SampleLayout` built once and passed to several searches changes nothing but the
+    bookkeeping: the graph is identical, on ragged samples with empty ones, ties and self loops."""
+    batch = _batch(counts)
+    pos = _points(len(batch), dim, seed, grid)
+    layout = nb.SampleLayout.of(batch, len(counts))  # trailing empty samples are only known from the count
+    assert layout.num_samples == len(counts) and layout.counts.tolist() == counts
+    assert (layout.widest, layout.fewest, layout.pairs) == (max(counts), min(counts), sum(c * c for c in counts))
+    plain = knn_graph(pos, k, batch, loop=loop, use_cluster=False)
+    assert torch.equal(knn_graph(pos, k, batch, loop=loop, use_cluster=False, layout=layout), plain)
+    assert torch.equal(knn_graph(pos, k, loop=loop, use_cluster=False, layout=layout), plain)
+    features = pos * 2 + 1  # another search over the same samples reuses the layout
+    assert torch.equal(knn_graph(features, k, batch, loop=loop, use_cluster=False, layout=layout),
+                       knn_graph(features, k, batch, loop=loop, use_cluster=False))
+
+
+def test_sample_layout_rejects_what_it_cannot_describe():
+    """The layout checks the batch vector once; a search given a layout for other points, or
+    beside another batch vector, says so instead of pairing the wrong points."""
+    with pytest.raises(BottleneckError, match="sorted"):
+        nb.SampleLayout.of(torch.tensor([0, 1, 0]))
+    with pytest.raises(BottleneckError, match="1-D"):
+        nb.SampleLayout.of([0, 0, 1])
+    with pytest.raises(BottleneckError, match="torch.long"):
+        nb.SampleLayout.of(torch.tensor([0.0, 1.0]))
+    with pytest.raises(BottleneckError, match="names sample 2 but num_samples is 2"):
+        nb.SampleLayout.of(torch.tensor([0, 1, 2]), 2)
+    batch = _batch([5, 6])
+    layout = nb.SampleLayout.of(batch)
+    pos = _points(11, 3, 0, False)
+    with pytest.raises(BottleneckError, match="describes 11 points"):
+        knn_graph(pos[:10], 3, layout=layout)
+    with pytest.raises(BottleneckError, match="batch and layout disagree"):
+        knn_graph(pos, 3, batch.clone(), layout=layout)
+    with pytest.raises(BottleneckError, match="SampleLayout"):
+        knn_graph(pos, 3, batch, layout=batch)
+    with pytest.raises(BottleneckError, match="finite"):
+        knn_graph(torch.full((11, 3), math.nan), 3, layout=layout)
+
+
 def test_knn_graph_any_order_has_the_same_neighbours_on_the_chunked_path():
     """``nearest_first=False`` changes the order of each centre's neighbours, never the set."""
     batch = _batch([400, 12, 2, 30, 2])  # too ragged for the blocked path
     pos = _points(len(batch), 3, 3, False)
-    assert nb._knn_blocked(pos, pos, 8, batch, batch, 5, exclude_self=True, budget_elems=10**7) is None
+    assert _blocked(pos, 8, batch, 10**7) is None
     ordered = knn_graph(pos, 8, batch, use_cluster=False)
     anyhow = knn_graph(pos, 8, batch, use_cluster=False, nearest_first=False)
     assert torch.equal(ordered[1], anyhow[1])
@@ -552,7 +604,7 @@ def test_blocked_knn_with_overflowing_distances_links_only_real_points():
     picks could then be padding or the point itself, so that case takes the masked path."""
     batch = _batch([6, 7, 6])
     pos = _points(len(batch), 3, 0, False) * 1e19
-    edge = nb._knn_blocked(pos, pos, 3, batch, batch, 3, exclude_self=True, budget_elems=10**6)
+    edge = _blocked(pos, 3, batch, 10**6)
     assert edge is not None
     centre, nbr = edge
     assert not bool((centre == nbr).any()) and bool((batch[centre] == batch[nbr]).all())
@@ -562,8 +614,7 @@ def test_blocked_knn_declines_very_ragged_batches():
     """One large sample among tiny ones would pad every block to its size: the chunked path runs."""
     batch = _batch([400, 2, 2, 2, 2, 2, 2, 2])
     pos = _points(len(batch), 3, 0, False)
-    bx = batch
-    assert nb._knn_blocked(pos, pos, 4, bx, bx, 8, exclude_self=True, budget_elems=10**7) is None
+    assert _blocked(pos, 4, batch, 10**7) is None
 
 
 # ------------------------------------------------------- serialised (approximate) kNN

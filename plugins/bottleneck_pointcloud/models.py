@@ -18,7 +18,7 @@ from torch_geometric.nn import MLP, EdgeConv, global_max_pool
 from torch_geometric.utils import scatter
 
 from bottleneck.errors import BottleneckError, describe
-from bottleneck.neighbors import knn_graph
+from bottleneck.neighbors import SampleLayout, knn_graph
 
 __all__ = ["DGCNN", "NodeSplitEdgeConv", "PointNet", "TNet"]
 
@@ -368,10 +368,11 @@ class DGCNN(nn.Module):
     def forward(self, data: Any) -> Tensor:
         """Logits [B, num_classes] for a PyG Data/Batch or a dense [B, N, 3] tensor."""
         pos, _, batch, b = _unpack(data)
+        layout = SampleLayout.of(batch)  # the three searches share the batch vector's checks and counts
         h = pos
         outs = []
         for conv in self.convs:
-            edge_index = knn_graph(h.detach(), self.k, batch, loop=False, nearest_first=False)
+            edge_index = knn_graph(h.detach(), self.k, batch, loop=False, nearest_first=False, layout=layout)
             h = conv(h, edge_index)
             outs.append(h)
         h = self.point_mlp(torch.cat(outs, dim=-1))
