@@ -7,8 +7,11 @@ subset with index remapping. No Python loops over samples.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch_geometric.utils import scatter
 
 from .units import counts_to_ptr
@@ -25,8 +28,67 @@ def segment_mean(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
 
 
 def segment_max(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
-    """Max of ``values`` over the units of each sample; empty samples give 0."""
-    return scatter(values, batch, dim=0, dim_size=num_samples, reduce="max")
+    """Max of ``values`` over the units of each sample; empty samples give 0.
+
+    Samples of one size laid out in order (image patches and feature-map cells; what
+    :func:`equal_segments` detects) take a reshaped max with the same values and the
+    same gradient, to the bit, as the scatter (see :class:`_EqualSegmentMax`).
+    """
+    width = equal_segments(batch, num_samples) if values.dtype in _EXACT_COUNT_DTYPES else None
+    if width is None:
+        return scatter(values, batch, dim=0, dim_size=num_samples, reduce="max")
+    if not (torch.is_grad_enabled() and values.requires_grad):
+        return values.view(num_samples, width, *values.shape[1:]).amax(1)
+    return _EqualSegmentMax.apply(values, num_samples, width)
+
+
+#: Dtypes in which a count of tied units (at most 2**24) is exact, as the scatter's backward has it.
+_EXACT_COUNT_DTYPES = (torch.float32, torch.float64)
+
+
+def equal_segments(batch: Tensor, num_samples: int) -> int | None:
+    """``n`` when ``batch`` is ``[0]*n + [1]*n + ... + [B-1]*n`` (every sample ``n`` units, in order), else ``None``.
+
+    One comparison and one host sync; ``None`` at once when ``B`` does not divide the
+    unit count.
+    """
+    count = batch.numel()
+    if num_samples <= 0 or count == 0 or count % num_samples:
+        return None
+    width = count // num_samples
+    ids = torch.arange(num_samples, device=batch.device).unsqueeze(1)
+    return width if bool((batch.view(num_samples, width) == ids).all()) else None
+
+
+class _EqualSegmentMax(torch.autograd.Function):
+    """:func:`segment_max` of samples of one size, as a reshaped ``amax`` with the scatter's exact gradient.
+
+    Why: the scatter's max and its backward index every unit through an expanded
+    ``[N, H]`` index; on the ViT's 64 patches x 64 features, forward and backward took
+    785 against 245 us as a reshape (2 CPU cores), about 1.5 points of its masked
+    training step. The backward is the one ``torch.scatter_reduce`` gives the scatter
+    (``reduce="amax"`` into zeros, ``include_self=False``): the gradient is shared evenly
+    among the units tied at the maximum, and where the maximum is 0 the zero the scatter
+    starts from counts as one more tie. ``amax``'s own backward shares among the units
+    only, so a channel that is 0 for every unit after a ReLU would get another gradient,
+    and the trained figures here were measured with the scatter's.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, num_samples: int, width: int) -> Tensor:
+        result = values.view(num_samples, width, *values.shape[1:]).amax(1)
+        ctx.save_for_backward(values, result)
+        ctx.blocks = (num_samples, width)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        values, result = ctx.saved_tensors
+        blocks = values.view(*ctx.blocks, *values.shape[1:])
+        tied = blocks == result.unsqueeze(1)
+        ties = tied.sum(1).to(grad.dtype) + (result == 0).to(grad.dtype)
+        return (tied * (grad / ties).unsqueeze(1)).view_as(values), None, None
 
 
 def broadcast(per_sample: Tensor, batch: Tensor) -> Tensor:

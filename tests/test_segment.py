@@ -195,3 +195,54 @@ def test_broadcast_gives_each_unit_its_sample_row_and_sums_gradients_back(counts
     (got * weights).sum().backward()
     for sample in range(len(counts)):
         assert torch.allclose(per_sample.grad[sample], weights[batch == sample].sum(0), atol=1e-5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(samples=st.integers(1, 6), size=st.integers(1, 9), width=st.integers(0, 3), seed=st.integers(0, 10_000),
+       ties=st.sampled_from(["none", "relu", "dead channel", "equal values", "negative"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_segment_max_of_equal_samples_matches_the_scatter_to_the_bit(samples: int, size: int, width: int, seed: int,
+                                                                     ties: str, dtype: torch.dtype) -> None:
+    """Samples of one size, in order, take a reshaped max: the same values and the same gradient as
+    PyG's scatter max, bit for bit, ties included (the scatter shares a tied maximum of 0 with the
+    zero it starts from: a channel that a ReLU zeroed for every unit gets 1/(n+1) per unit, not 1/n)."""
+    from torch_geometric.utils import scatter
+
+    from bottleneck.segment import equal_segments, segment_max
+
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.arange(samples).repeat_interleave(size)
+    shape = (samples * size,) if width == 0 else (samples * size, width)  # 1-D values too
+    values = torch.randn(*shape, generator=g, dtype=dtype)
+    if ties == "relu":
+        values = values.relu()
+    elif ties == "dead channel":
+        values = values.relu()
+        values[..., 0] = 0.0
+    elif ties == "equal values":
+        values[::2] = values[0].clone()
+    elif ties == "negative":
+        values = -values.abs() - 0.5
+    assert equal_segments(batch, samples) == size
+    weights = torch.randn(samples, *shape[1:], generator=g, dtype=dtype)
+    fast_input, ref_input = values.clone().requires_grad_(), values.clone().requires_grad_()
+    fast = segment_max(fast_input, batch, samples)
+    ref = scatter(ref_input, batch, dim=0, dim_size=samples, reduce="max")
+    assert torch.equal(fast, ref)
+    (fast * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(fast_input.grad, ref_input.grad)
+    with torch.no_grad():
+        assert torch.equal(segment_max(values, batch, samples), ref)
+
+
+def test_equal_segments_recognises_only_samples_of_one_size_in_order() -> None:
+    from bottleneck.segment import equal_segments
+
+    assert equal_segments(torch.tensor([0, 0, 1, 1, 2, 2]), 3) == 2
+    assert equal_segments(torch.tensor([0, 1, 2]), 3) == 1
+    assert equal_segments(torch.tensor([0, 0, 1, 1, 1, 2]), 3) is None  # ragged
+    assert equal_segments(torch.tensor([0, 1, 0, 1]), 2) is None  # same sizes, not in order
+    assert equal_segments(torch.tensor([0, 0, 1, 1]), 3) is None  # an empty trailing sample
+    assert equal_segments(torch.tensor([0, 0, 0]), 2) is None  # 2 does not divide 3
+    assert equal_segments(torch.tensor([], dtype=torch.long), 0) is None
