@@ -12,7 +12,7 @@ import resource
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import bottleneck.neighbors as nb
@@ -547,20 +547,30 @@ def test_blocked_knn_graph_matches_bruteforce(counts, k, dim, seed, grid, one_sa
 @SETTINGS
 @given(counts=ragged, k=st.integers(1, 8), dim=st.sampled_from([3, 12]), seed=st.integers(0, 2**31 - 1),
        grid=st.booleans(), loop=st.booleans())
+@example(counts=[0, 0, 0, 6, 0], k=2, dim=12, seed=0, grid=True, loop=False)  # trailing empty sample, ties
 def test_knn_graph_with_a_layout_gives_the_same_graph(counts, k, dim, seed, grid, loop):
     """A :class:`SampleLayout` built once and passed to several searches changes nothing but the
-    bookkeeping: the graph is identical, on ragged samples with empty ones, ties and self loops."""
+    bookkeeping: the graph is identical, on ragged samples with empty ones, ties and self loops.
+    A layout that also counts trailing empty samples may pick the other search (their padded
+    blocks count against the blocked one): the same neighbour distances, ties broken either way."""
     batch = _batch(counts)
     pos = _points(len(batch), dim, seed, grid)
-    layout = nb.SampleLayout.of(batch, len(counts))  # trailing empty samples are only known from the count
-    assert layout.num_samples == len(counts) and layout.counts.tolist() == counts
-    assert (layout.widest, layout.fewest, layout.pairs) == (max(counts), min(counts), sum(c * c for c in counts))
+    layout = nb.SampleLayout.of(batch)  # the samples knn_graph itself counts: up to the last id
+    named = counts[: len(counts) - next((i for i, c in enumerate(reversed(counts)) if c), len(counts))]
+    assert layout.num_samples == len(named) and layout.counts.tolist() == named
+    if named:
+        assert (layout.widest, layout.fewest, layout.pairs) == (max(named), min(named), sum(c * c for c in named))
     plain = knn_graph(pos, k, batch, loop=loop, use_cluster=False)
     assert torch.equal(knn_graph(pos, k, batch, loop=loop, use_cluster=False, layout=layout), plain)
     assert torch.equal(knn_graph(pos, k, loop=loop, use_cluster=False, layout=layout), plain)
     features = pos * 2 + 1  # another search over the same samples reuses the layout
     assert torch.equal(knn_graph(features, k, batch, loop=loop, use_cluster=False, layout=layout),
                        knn_graph(features, k, batch, loop=loop, use_cluster=False))
+    every = nb.SampleLayout.of(batch, len(counts))
+    assert every.num_samples == len(counts) and every.counts.tolist() == counts
+    edge = knn_graph(pos, k, batch, loop=loop, use_cluster=False, layout=every)
+    ref = _ref_knn_dists(pos, pos, k, batch.tolist(), batch.tolist(), exclude_self=not loop)
+    _assert_close_lists(_got_knn_dists(pos, pos, edge.flip(0), len(batch)), ref)
 
 
 def test_sample_layout_rejects_what_it_cannot_describe():
