@@ -234,6 +234,13 @@ def test_segment_max_of_equal_samples_matches_the_scatter_to_the_bit(samples: in
     assert torch.equal(fast_input.grad, ref_input.grad)
     with torch.no_grad():
         assert torch.equal(segment_max(values, batch, samples), ref)
+    if samples * size > 1:  # a strided view of the values (every other element of a wider tensor)
+        strided = torch.stack([values, torch.zeros_like(values)], -1)[..., 0].requires_grad_()
+        assert not strided.is_contiguous() and torch.equal(strided, values)
+        got = segment_max(strided, batch, samples)
+        assert torch.equal(got, ref)
+        (got * weights).sum().backward()
+        assert torch.equal(strided.grad, ref_input.grad)
 
 
 def test_equal_segments_recognises_only_samples_of_one_size_in_order() -> None:
