@@ -65,7 +65,9 @@ def use_threads(count: int) -> bool:
     made the bench ViT's forward 22% slower (11.9 against 14.6 ms) and its training step
     17% slower (39.1 against 45.5 ms), side by side in fresh processes; in the sparse
     timing child DGCNN's sparse call took 9.8-10.2 against 9.5-9.6 ms with its dense
-    forward unchanged. Returns whether the count was changed.
+    forward unchanged. A day later six such children gave the same DGCNN ratios with
+    and without the call (x4.67-x4.78 against x4.12-x4.82): the machine's state moves
+    these timings as much as the call did. Returns whether the count was changed.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         from .errors import BottleneckError
