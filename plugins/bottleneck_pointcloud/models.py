@@ -19,6 +19,7 @@ from torch_geometric.utils import scatter
 
 from bottleneck.errors import BottleneckError, describe
 from bottleneck.neighbors import SampleLayout, knn_graph
+from bottleneck.segment import equal_segments
 
 __all__ = ["DGCNN", "NodeSplitEdgeConv", "PointNet", "TNet"]
 
@@ -203,15 +204,10 @@ def _constant_degree(target: Tensor, num_nodes: int) -> int | None:
     """``k`` when ``target`` is ``[0]*k + [1]*k + ... + [N-1]*k`` (k edges into each node, grouped), else ``None``.
 
     What :func:`~bottleneck.neighbors.knn_graph` returns when every sample has more than
-    ``k`` points; decided by one comparison (and one host sync), and only when the edge
-    count is a multiple of the node count.
+    ``k`` points. The edges' targets are then segments of one size in order, which
+    :func:`~bottleneck.segment.equal_segments` decides (one comparison, one host sync).
     """
-    edges = target.numel()
-    if num_nodes == 0 or edges == 0 or edges % num_nodes:
-        return None
-    k = edges // num_nodes
-    grouped = torch.arange(num_nodes, device=target.device).unsqueeze(1).expand(num_nodes, k)
-    return k if torch.equal(target.reshape(num_nodes, k), grouped) else None
+    return equal_segments(target, num_nodes)
 
 
 def _monotone_norm_affine(mlp: MLP) -> tuple[Tensor, Tensor] | None:
