@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import profile
 
-from bottleneck_image.key_bias_attention import KEY_BIAS_SDPA, key_bias_attention_on
+from bottleneck.key_bias_attention import KEY_BIAS_SDPA, key_bias_attention_on
 from bottleneck_image.models import make_vit
 from bottleneck_image.vit import GATE_FLOOR, forward_with_open_patches
 

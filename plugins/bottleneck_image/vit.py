@@ -34,14 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from bottleneck.errors import BottleneckError, describe
-
-from .key_bias_attention import key_bias_attention_on
-
-#: Attention weight factor of a closed patch token under differentiable gates
-#: (:func:`forward_with_open_patches`): small enough that a jointly trained model cannot
-#: learn to read closed tokens (at 1e-6 one did), large enough that float32 and bf16
-#: still carry their gradient (``exp(-69)`` is a normal float).
-GATE_FLOOR = 1e-30
+from bottleneck.key_bias_attention import GATE_FLOOR, gate_attention_bias, key_bias_attention_on
 
 __all__ = [
     "GATE_FLOOR",
@@ -222,7 +215,7 @@ def forward_with_open_patches(
     trained through it could only push open patches out, never pull closed ones in
     (a ViT's top-k mask then kept 65% of the patches that hold the evidence). A model
     with SDPA attention computes that bias with the fused kernels
-    (:mod:`~bottleneck_image.key_bias_attention`), not the slower float-mask path.
+    (:mod:`~bottleneck.key_bias_attention`), not the slower float-mask path.
 
     Args:
         model: a ViT-style model (see :func:`find_patch_layout`) or a wrapper that
@@ -244,9 +237,9 @@ def forward_with_open_patches(
     if not isinstance(gates, Tensor) or gates.shape != open_patches.shape or not gates.is_floating_point():
         raise BottleneckError(f"expected float gates of shape {list(open_patches.shape)}, got {describe(gates)}")
     weights = torch.cat([prefix.to(gates.dtype), gates], dim=1).float()
-    bias = torch.log(GATE_FLOOR + (1.0 - GATE_FLOOR) * weights)
+    bias = gate_attention_bias(weights)
     with key_bias_attention_on(model):  # the bias's gradient from the fused SDPA kernels
-        return model(pixel_values, *args, attention_mask=bias[:, None, None, :].to(pixel_values.dtype), **kwargs)
+        return model(pixel_values, *args, attention_mask=bias.to(pixel_values.dtype), **kwargs)
 
 
 def forward_on_kept_patches(

@@ -1,7 +1,10 @@
 """Attention with a differentiable per-key bias that still runs PyTorch's fast SDPA kernels.
 
-The ViT's differentiable patch gates (:func:`~bottleneck_image.vit.forward_with_open_patches`)
-are an additive bias ``b_j`` on the attention logits of key ``j``, the same for every
+Differentiable token gates on a transformer -- the ViT's patch gates
+(:func:`~bottleneck_image.vit.forward_with_open_patches`) and, with
+``attention_gates=True``, a Hugging Face text model's token gates -- multiply each
+key's attention weight by its gate: an additive bias ``b_j = log(floor + g_j)``
+(:func:`gate_attention_bias`) on the attention logits of key ``j``, the same for every
 query. Passed as a float ``attn_mask`` that requires grad, it sends
 ``scaled_dot_product_attention`` to its unfused "math" path, because the fused kernels
 do not return a mask gradient: on the bench ViT (batch 64, 65 tokens, 4 layers) one
@@ -37,7 +40,46 @@ from torch import Tensor, nn
 #: The name the function is registered under in Hugging Face's attention registries.
 KEY_BIAS_SDPA = "bottleneck_key_bias_sdpa"
 
-__all__ = ["KEY_BIAS_SDPA", "key_bias_attention", "key_bias_attention_on"]
+#: Attention weight factor of a closed token under differentiable gates
+#: (:func:`gate_attention_bias`): small enough that a jointly trained model cannot
+#: learn to read closed tokens (at 1e-6 a ViT did), large enough that float32 and bf16
+#: still carry their gradient (``exp(-69)`` is a normal float).
+GATE_FLOOR = 1e-30
+
+__all__ = ["GATE_FLOOR", "KEY_BIAS_SDPA", "gate_attention_bias", "key_bias_attention", "key_bias_attention_on"]
+
+
+class _BoundedGradient(torch.autograd.Function):
+    """Identity forward; the backward clamps each element of the gradient to ``[-bound, bound]``."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, bound: float) -> Tensor:  # type: ignore[override]
+        ctx.bound = bound
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad.clamp(-ctx.bound, ctx.bound), None
+
+
+def gate_attention_bias(weights: Tensor, *, grad_bound: float | None = None) -> Tensor:
+    """The ``[B, 1, 1, T]`` additive attention bias ``log(floor + (1 - floor) w)`` of per-key weights ``[B, T]``.
+
+    A key's attention weight is multiplied by ``w`` (by :data:`GATE_FLOOR` at ``w = 0``),
+    as in DynamicViT's attention masking, so the loss's gradient reaches closed keys too.
+    At ``w = 0`` that gradient is ``1 / floor`` times the bias's: the first-order effect of
+    opening a key the model would attend to strongly is unbounded. ``grad_bound`` clamps
+    each weight's gradient to ``[-grad_bound, grad_bound]`` (sign kept, what a top-k
+    ranking acts on); ``None`` leaves it exact. Why: a small BERT's closed tokens got
+    gradients of 1e10-1e12 (one training epoch's gradient norm averaged 75, one step's
+    reached 1e11), which left Adam's second moments too large for the mask to move and,
+    with a norm clip, scaled every other gradient of that step to nothing. Returned in
+    float32 (``exp(-69)`` needs it), to be cast to the attention's dtype by the caller.
+    """
+    weights = weights.float()
+    if grad_bound is not None and weights.requires_grad:
+        weights = _BoundedGradient.apply(weights, float(grad_bound))
+    return torch.log(GATE_FLOOR + (1.0 - GATE_FLOOR) * weights)[:, None, None, :]
 
 
 def _is_key_bias(mask: Tensor | None, query: Tensor, key: Tensor) -> bool:

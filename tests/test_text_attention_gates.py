@@ -1,0 +1,97 @@
+"""``attention_gates``: a Hugging Face text model's token gates trained through the attention weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bottleneck
+from bottleneck.errors import BottleneckError
+from bottleneck.key_bias_attention import GATE_FLOOR, gate_attention_bias
+from bottleneck_text.adapter import ATTENTION_GATE_GRAD_BOUND
+from bottleneck_text.models import BiLSTMClassifier, make_bert
+
+VOCAB = 50
+SPECIAL = [2, 3]
+
+
+def tiny_bert() -> nn.Module:
+    torch.manual_seed(0)
+    return make_bert(VOCAB, 2, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position=16)
+
+
+def batch() -> dict[str, torch.Tensor]:
+    """Three sequences of lengths 8, 6 and 4 with [CLS]=2 ... [SEP]=3, right-padded with 0."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.zeros(3, 8, dtype=torch.long)
+    mask = torch.zeros(3, 8, dtype=torch.long)
+    for row, length in enumerate((8, 6, 4)):
+        ids[row, :length] = torch.randint(5, VOCAB, (length,), generator=g)
+        ids[row, 0], ids[row, length - 1] = 2, 3
+        mask[row, :length] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def gated_logits(model: nn.Module, gates: torch.Tensor, **options) -> torch.Tensor:
+    """The model's logits on :func:`batch` with these unit gates, as training calls it (``remove``)."""
+    masked = bottleneck.attach(model, "text", special_ids=SPECIAL, **options)
+    adapter = masked.adapter()
+    inputs = batch()
+    units = adapter.to_units(inputs)
+    return adapter.call_model(model, adapter.apply_gates(inputs, units, gates, "remove")).logits
+
+
+def test_gate_bias_is_the_log_weight_and_its_gradient_is_bounded_per_weight() -> None:
+    weights = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25]], requires_grad=True)
+    bias = gate_attention_bias(weights, grad_bound=1.0)
+    assert bias.shape == (2, 1, 1, 3) and bias.dtype == torch.float32
+    assert torch.allclose(bias[:, 0, 0], torch.log(GATE_FLOOR + (1 - GATE_FLOOR) * weights.detach()))
+    (bias.squeeze() * torch.tensor([[1.0, 1.0, 1.0], [-3.0, -3.0, 0.1]])).sum().backward()
+    # exact gradients 1/w: 1e30, 2, 1 and -3, -3e30, 0.4 -> clamped to [-1, 1]
+    assert torch.allclose(weights.grad, torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, 0.4]]))
+    exact = torch.tensor([[0.0, 0.5]], requires_grad=True)
+    gate_attention_bias(exact).sum().backward()
+    assert exact.grad[0, 0] > 1e29 and torch.isclose(exact.grad[0, 1], torch.tensor(2.0))
+
+
+def test_attention_gates_keep_the_logits_and_give_closed_tokens_bounded_gradients() -> None:
+    model = tiny_bert().train()  # dropout is 0: train mode is deterministic
+    hard = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1], dtype=torch.float32)  # 6 + 4 + 2 units
+    closed = hard == 0
+    gates = hard.clone().requires_grad_()
+    logits = gated_logits(model, gates, attention_gates=True)
+    (1e5 * logits[:, 0]).sum().backward()  # a steep loss: some gates' exact gradients exceed the bound
+    hidden_gates = hard.clone().requires_grad_()
+    hidden = gated_logits(model, hidden_gates)
+    hidden[:, 0].sum().backward()
+    assert torch.allclose(logits, hidden, atol=1e-5)  # the same function at 0/1 gates
+    assert torch.equal(hidden_gates.grad[closed], torch.zeros(int(closed.sum())))  # hidden: no signal
+    assert (gates.grad[closed] != 0).all()  # through the attention: what opening would do
+    assert torch.isfinite(gates.grad).all() and gates.grad.abs().max() <= ATTENTION_GATE_GRAD_BOUND
+    assert (gates.grad.abs() == ATTENTION_GATE_GRAD_BOUND).any()
+    assert (gates.grad[~closed] != 0).any()
+
+
+def test_attention_gates_train_mask_and_model_and_leave_inference_alone() -> None:
+    model = tiny_bert()
+    masked = bottleneck.attach(model, "text", special_ids=SPECIAL, gate="topk", keep=0.5, attention_gates=True)
+    out = masked(batch())
+    (nn.functional.cross_entropy(out.output.logits, torch.tensor([0, 1, 0])) + out.ib_loss).backward()
+    for part in (masked.mask, masked.model):
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    masked.eval()
+    plain = bottleneck.attach(tiny_bert(), "text", special_ids=SPECIAL, gate="topk", keep=0.5).eval()
+    plain.load_state_dict(masked.state_dict())
+    with torch.no_grad():  # no gradient wanted: the hidden-token path, as without the option
+        assert torch.equal(masked(batch()).output.logits, plain(batch()).output.logits)
+        assert torch.equal(masked.sparse(batch(), keep=0.5).output.logits, plain.sparse(batch(), keep=0.5).output.logits)
+    assert model.config._attn_implementation == "sdpa"  # switched for the call only
+
+
+def test_attention_gates_need_a_hugging_face_model_and_a_boolean() -> None:
+    with pytest.raises(BottleneckError, match="needs a Hugging Face model.*BiLSTMClassifier"):
+        bottleneck.attach(BiLSTMClassifier(VOCAB, 2), "text", attention_gates=True)
+    with pytest.raises(BottleneckError, match="attention_gates must be True or False"):
+        bottleneck.attach(tiny_bert(), "text", attention_gates="yes")
