@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from token_batches import VOCAB, token_batch
 from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import global_mean_pool
@@ -29,7 +30,6 @@ from bottleneck_text.models import BiLSTMClassifier
 
 captum = pytest.importorskip("captum.attr")
 
-VOCAB = 50
 PATCH = 4
 
 
@@ -65,18 +65,6 @@ def image_case(baseline: str | None = None):
     )
     images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     return masked, images
-
-
-def token_batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Three sequences of lengths 8, 5 and 3 with [CLS]=2 ... [SEP]=3, right-padded with 0."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(3, 8, dtype=torch.long)
-    mask = torch.zeros(3, 8, dtype=torch.long)
-    for row, length in enumerate((8, 5, 3)):
-        ids[row, :length] = torch.randint(5, VOCAB, (length,), generator=g)
-        ids[row, 0], ids[row, length - 1] = 2, 3
-        mask[row, :length] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def text_case(baseline: str | None = None):

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from token_batches import VOCAB, token_batch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
@@ -14,24 +15,10 @@ from bottleneck.errors import BottleneckError
 from bottleneck_pointcloud.models import DGCNN, PointNet
 from bottleneck_text.models import BiLSTMClassifier, make_bert
 
-VOCAB = 50
-
 
 def clouds(sizes=(30, 20), seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     return Batch.from_data_list([Data(pos=torch.randn(n, 3, generator=g)) for n in sizes])
-
-
-def text(seed: int = 0) -> dict[str, Tensor]:
-    """Lengths 8, 5 and 3, [CLS]=2 first and [SEP]=3 last, right-padded with 0."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(3, 8, dtype=torch.long)
-    mask = torch.zeros(3, 8, dtype=torch.long)
-    for row, length in enumerate((8, 5, 3)):
-        ids[row, :length] = torch.randint(5, VOCAB, (length,), generator=g)
-        ids[row, 0], ids[row, length - 1] = 2, 3
-        mask[row, :length] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def pointnet() -> nn.Module:
@@ -58,9 +45,9 @@ CASES = {
     "pointnet": (pointnet, "pointcloud", "point_mlp", clouds, {}),
     "dgcnn": (lambda: DGCNN(3, k=4, hidden=8), "pointcloud", "convs.2", clouds, {}),
     "pointnet_dense": (pointnet, "pointcloud", "point_mlp", lambda: torch.randn(2, 25, 3), {}),
-    "bilstm": (bilstm, "text", "token_features", text, {"special_ids": [2, 3]}),
-    "bert_layer": (bert, "text", "bert.encoder.layer.0", text, {"special_ids": [2, 3]}),
-    "bert_encoder": (bert, "text", "bert.encoder", text, {}),  # returns a ModelOutput; the logits read CLS
+    "bilstm": (bilstm, "text", "token_features", token_batch, {"special_ids": [2, 3]}),
+    "bert_layer": (bert, "text", "bert.encoder.layer.0", token_batch, {"special_ids": [2, 3]}),
+    "bert_encoder": (bert, "text", "bert.encoder", token_batch, {}),  # returns a ModelOutput; the logits read CLS
 }
 
 
@@ -188,7 +175,7 @@ def test_pointcloud_hidden_baselines() -> None:
 
 
 def test_text_hidden_gates_leave_padding_and_special_tokens_alone() -> None:
-    inputs = text()
+    inputs = token_batch()
     masked = bottleneck.attach(bert(), "text", where="bert.encoder.layer.1", special_ids=[2, 3], baseline="learned")
     adapter = masked.adapter(inputs)
     units_in = adapter.to_units(inputs, with_graph=False)
@@ -222,14 +209,14 @@ def test_layers_that_are_not_per_unit_raise() -> None:
         masked(clouds())
     masked = bottleneck.attach(bilstm(), "text", where="head")
     with pytest.raises(BottleneckError, match="one vector per input token"):
-        masked(text())
+        masked(token_batch())
     masked = bottleneck.attach(bert(), "text", where="bert.pooler")
     with pytest.raises(BottleneckError, match="one vector per input token"):
-        masked(text())
+        masked(token_batch())
     # the learned placeholder has the embedding's width, the BiLSTM's tokens twice the LSTM width
     masked = bottleneck.attach(bilstm(), "text", where="token_features", baseline="learned")
     with pytest.raises(BottleneckError, match="use baseline='zero'"):
-        masked(text())
+        masked(token_batch())
 
 
 def test_explain_stops_the_model_after_the_masked_layer() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from token_batches import VOCAB, token_batch
 from torch import nn
 
 import bottleneck
@@ -12,7 +13,6 @@ from bottleneck.key_bias_attention import GATE_FLOOR, gate_attention_bias
 from bottleneck_text.adapter import ATTENTION_GATE_GRAD_BOUND
 from bottleneck_text.models import BiLSTMClassifier, make_bert
 
-VOCAB = 50
 SPECIAL = [2, 3]
 
 
@@ -21,23 +21,11 @@ def tiny_bert() -> nn.Module:
     return make_bert(VOCAB, 2, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position=16)
 
 
-def batch() -> dict[str, torch.Tensor]:
-    """Three sequences of lengths 8, 6 and 4 with [CLS]=2 ... [SEP]=3, right-padded with 0."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.zeros(3, 8, dtype=torch.long)
-    mask = torch.zeros(3, 8, dtype=torch.long)
-    for row, length in enumerate((8, 6, 4)):
-        ids[row, :length] = torch.randint(5, VOCAB, (length,), generator=g)
-        ids[row, 0], ids[row, length - 1] = 2, 3
-        mask[row, :length] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def gated_logits(model: nn.Module, gates: torch.Tensor, **options) -> torch.Tensor:
     """The model's logits on :func:`batch` with these unit gates, as training calls it (``remove``)."""
     masked = bottleneck.attach(model, "text", special_ids=SPECIAL, **options)
     adapter = masked.adapter()
-    inputs = batch()
+    inputs = token_batch((8, 6, 4))
     units = adapter.to_units(inputs)
     return adapter.call_model(model, adapter.apply_gates(inputs, units, gates, "remove")).logits
 
@@ -76,7 +64,7 @@ def test_attention_gates_keep_the_logits_and_give_closed_tokens_bounded_gradient
 def test_attention_gates_train_mask_and_model_and_leave_inference_alone() -> None:
     model = tiny_bert()
     masked = bottleneck.attach(model, "text", special_ids=SPECIAL, gate="topk", keep=0.5, attention_gates=True)
-    out = masked(batch())
+    out = masked(token_batch((8, 6, 4)))
     (nn.functional.cross_entropy(out.output.logits, torch.tensor([0, 1, 0])) + out.ib_loss).backward()
     for part in (masked.mask, masked.model):
         grads = [p.grad for p in part.parameters() if p.grad is not None]
@@ -85,8 +73,8 @@ def test_attention_gates_train_mask_and_model_and_leave_inference_alone() -> Non
     plain = bottleneck.attach(tiny_bert(), "text", special_ids=SPECIAL, gate="topk", keep=0.5).eval()
     plain.load_state_dict(masked.state_dict())
     with torch.no_grad():  # no gradient wanted: the hidden-token path, as without the option
-        assert torch.equal(masked(batch()).output.logits, plain(batch()).output.logits)
-        assert torch.equal(masked.sparse(batch(), keep=0.5).output.logits, plain.sparse(batch(), keep=0.5).output.logits)
+        assert torch.equal(masked(token_batch((8, 6, 4))).output.logits, plain(token_batch((8, 6, 4))).output.logits)
+        assert torch.equal(masked.sparse(token_batch((8, 6, 4)), keep=0.5).output.logits, plain.sparse(token_batch((8, 6, 4)), keep=0.5).output.logits)
     assert model.config._attn_implementation == "sdpa"  # switched for the call only
 
 

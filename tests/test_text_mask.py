@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from token_batches import VOCAB, token_batch
 from torch import nn
 
 import bottleneck
 from bottleneck.errors import BottleneckError
 from bottleneck_text.adapter import TextModality, find_embedding
 from bottleneck_text.models import BiLSTMClassifier, make_bert
-
-VOCAB = 50
 
 
 class IdsOnly(nn.Module):
@@ -38,31 +37,19 @@ class EmbedsOnly(nn.Module):
         return self.head((inputs_embeds * weights).sum(1) / weights.sum(1))
 
 
-def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Three sequences of lengths 8, 5 and 3 with [CLS]=2 ... [SEP]=3, right-padded with 0."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(3, 8, dtype=torch.long)
-    mask = torch.zeros(3, 8, dtype=torch.long)
-    for row, length in enumerate((8, 5, 3)):
-        ids[row, :length] = torch.randint(5, VOCAB, (length,), generator=g)
-        ids[row, 0], ids[row, length - 1] = 2, 3
-        mask[row, :length] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def tiny_bert():
     return make_bert(VOCAB, 2, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position=16)
 
 
 def test_units_are_real_tokens_without_specials_and_join_neighbours() -> None:
     masked = bottleneck.attach(BiLSTMClassifier(VOCAB, 2), "text", special_ids=[2, 3])
-    units = masked.adapter().to_units(batch())
+    units = masked.adapter().to_units(token_batch())
     assert units.counts().tolist() == [6, 3, 1]  # padding and [CLS]/[SEP] are not units
     src, dst = units.edge_index
     assert (units.batch[src] == units.batch[dst]).all()
     assert ((units.pos[src] - units.pos[dst]).abs() == 1).all()
     everything = bottleneck.attach(BiLSTMClassifier(VOCAB, 2), "text", special_ids=[2, 3], mask_special=True)
-    assert everything.adapter().to_units(batch()).counts().tolist() == [8, 5, 3]
+    assert everything.adapter().to_units(token_batch()).counts().tolist() == [8, 5, 3]
 
 
 def test_embedding_is_found_on_hf_models_plain_modules_or_by_name() -> None:
@@ -81,7 +68,7 @@ def test_embedding_is_found_on_hf_models_plain_modules_or_by_name() -> None:
 def test_gradients_reach_mask_and_model(make) -> None:
     model = make(VOCAB, 2) if make is BiLSTMClassifier else make()
     masked = bottleneck.attach(model, "text", keep=0.3, special_ids=[2, 3])
-    inputs = batch() if not isinstance(model, IdsOnly) else batch()["input_ids"]
+    inputs = token_batch() if not isinstance(model, IdsOnly) else token_batch()["input_ids"]
     out = masked(inputs)
     logits = out.output.logits if hasattr(out.output, "logits") else out.output
     (nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0])) + out.ib_loss).backward()
@@ -102,7 +89,7 @@ def test_closed_tokens_take_the_placeholder_at_the_embedding_output() -> None:
     seen = []
     model.head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     adapter = masked.adapter()
-    inputs = batch()["input_ids"]
+    inputs = token_batch()["input_ids"]
     units = adapter.to_units(inputs)
     gates = torch.zeros(units.num_units)
     adapter.call_model(model, adapter.apply_gates(inputs, units, gates, "zero"))
@@ -112,7 +99,7 @@ def test_closed_tokens_take_the_placeholder_at_the_embedding_output() -> None:
 def test_inputs_embeds_models_are_masked_on_their_embeddings() -> None:
     model = EmbedsOnly()
     embeds = torch.randn(3, 8, 16)
-    inputs = {"inputs_embeds": embeds, "attention_mask": batch()["attention_mask"]}
+    inputs = {"inputs_embeds": embeds, "attention_mask": token_batch()["attention_mask"]}
     masked = bottleneck.attach(model, "text", embedding="head", baseline="zero", keep=0.5)
     out = masked(inputs)
     assert out.output.shape == (3, 2) and out.units.counts().tolist() == [8, 5, 3]
@@ -124,7 +111,7 @@ def test_bert_sparse_path_repacks_shorter_sequences_and_matches_training() -> No
     assert masked.baseline == "remove"
     lengths: list[int] = []
     bert.bert.encoder.layer[0].register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
-    inputs = batch()
+    inputs = token_batch()
     sparse = masked.sparse(inputs, keep=0.5)
     assert lengths == [2 + 3]  # [CLS] + ceil(0.5 * 6) units + [SEP] of the longest row
     assert sparse.inputs.input_ids.shape[1] == 5
@@ -138,7 +125,7 @@ def test_bert_sparse_path_repacks_shorter_sequences_and_matches_training() -> No
 
 def test_ids_only_model_runs_sparse() -> None:
     masked = bottleneck.attach(IdsOnly(), "text", keep=0.5).eval()
-    out = masked.sparse(batch()["input_ids"], keep=0.5)
+    out = masked.sparse(token_batch()["input_ids"], keep=0.5)
     assert out.output.shape == (3, 2)
     assert out.inputs.input_ids.shape[1] == 4  # ceil(0.5 * 8) tokens in the longest row
 
