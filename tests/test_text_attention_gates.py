@@ -78,8 +78,10 @@ def test_attention_gates_train_mask_and_model_and_leave_inference_alone() -> Non
     assert model.config._attn_implementation == "sdpa"  # switched for the call only
 
 
-def test_attention_gates_need_a_hugging_face_model_and_a_boolean() -> None:
+def test_attention_gates_need_a_hugging_face_model_a_boolean_and_the_remove_baseline() -> None:
     with pytest.raises(BottleneckError, match="needs a Hugging Face model.*BiLSTMClassifier"):
         bottleneck.attach(BiLSTMClassifier(VOCAB, 2), "text", attention_gates=True)
     with pytest.raises(BottleneckError, match="attention_gates must be True or False"):
         bottleneck.attach(tiny_bert(), "text", attention_gates="yes")
+    with pytest.raises(BottleneckError, match="attention_gates=True gates the attention of the remove baseline.*'zero'"):
+        bottleneck.attach(tiny_bert(), "text", attention_gates=True, baseline="zero")

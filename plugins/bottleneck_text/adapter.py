@@ -254,6 +254,14 @@ class TextModality(Modality):
             attention_gates=attention_gates,
         )
 
+    def check_baseline(self, baseline: str) -> str:
+        baseline = super().check_baseline(baseline)
+        if self.attention_gates and baseline != "remove":
+            raise BottleneckError(
+                f"attention_gates=True gates the attention of the remove baseline; got baseline={baseline!r}"
+            )
+        return baseline
+
     def make_baseline(self, baseline: str) -> nn.Module | None:
         if baseline != "learned":
             return None
