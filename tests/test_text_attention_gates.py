@@ -85,3 +85,12 @@ def test_attention_gates_need_a_hugging_face_model_a_boolean_and_the_remove_base
         bottleneck.attach(tiny_bert(), "text", attention_gates="yes")
     with pytest.raises(BottleneckError, match="attention_gates=True gates the attention of the remove baseline.*'zero'"):
         bottleneck.attach(tiny_bert(), "text", attention_gates=True, baseline="zero")
+
+
+def test_attention_gates_refuse_fractional_gates() -> None:
+    soft = torch.full((12,), 0.5, requires_grad=True)  # a scaled-down token can still be read
+    with pytest.raises(BottleneckError, match="needs hard 0/1 gates in training.*fractional"):
+        gated_logits(tiny_bert().train(), soft, attention_gates=True)
+    with pytest.raises(BottleneckError, match="needs hard 0/1 gates"):  # hard-concrete samples fractions
+        masked = bottleneck.attach(tiny_bert(), "text", special_ids=SPECIAL, attention_gates=True)
+        masked.train()(token_batch((8, 6, 4)))

@@ -20,7 +20,8 @@ token's embedding is blended with the baseline by its gate:
   hidden from attention in training and removed in sparse inference, so
   training sees what inference sees. By default a closed token gets no
   gradient (it is hidden) and an open one the gradient of scaling its
-  embedding. With ``attention_gates=True`` (Hugging Face models) training
+  embedding. With ``attention_gates=True`` (Hugging Face models, hard 0/1
+  gates such as ``topk``) training
   instead multiplies each token's attention weight by its gate, as the ViT's
   patches are gated (:func:`bottleneck.key_bias_attention.gate_attention_bias`):
   embeddings stay whole and closed tokens get a gradient too, what opening
@@ -197,7 +198,7 @@ class TextModality(Modality):
     :param placeholder_id: token whose embedding initialises the learned baseline.
     :param attends: the model takes an ``attention_mask`` (enables ``remove``).
     :param attention_gates: with ``remove``, training gates each token's attention weight
-        (a per-key bias, Hugging Face models only) instead of its embedding.
+        (a per-key bias, Hugging Face models and 0/1 gates only) instead of its embedding.
     """
 
     name = "text"
@@ -443,12 +444,21 @@ class TextModality(Modality):
 
         Padding gets weight 0 (the floor), so the bias replaces the attention mask. With
         0/1 gates the logits are those of the hidden-token path up to the floor (1e-30).
+        Fractional gates are an error: a token whose attention weight is only scaled down
+        can still be read, since the softmax renormalises -- the text demo's BERT with
+        hard-concrete gates learned gates of 0 on every token (keep rate 0.000, masked
+        accuracy 0.505) while still reading them (its top-k ranking gave 0.999 sparse).
         Why: with tokens hidden, a closed token's gate gets no gradient and an open one
         only that of scaling its embedding. On the speed benchmark's BERT (keep 0.25,
         seeds 0, 1, 2) the sparse accuracy was 0.980, 0.967 and 0.881 that way against
         dense 1.000, 0.990 and 1.000, and 1.000, 0.990 and 0.500 (a collapse) this way.
         """
         batch = gated.batch
+        if bool(((gated.gates > 0) & (gated.gates < 1)).any()):
+            raise BottleneckError(
+                "attention_gates=True needs hard 0/1 gates in training (gate='topk'); got fractional gates, "
+                "and a token whose attention weight is only scaled down can still be read"
+            )
         weights = gated.gates * batch.attention_mask.to(gated.gates.dtype)
         bias = gate_attention_bias(weights, grad_bound=ATTENTION_GATE_GRAD_BOUND)
         inputs = ({"inputs_embeds": batch.inputs_embeds} if batch.inputs_embeds is not None
