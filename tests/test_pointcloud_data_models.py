@@ -8,6 +8,7 @@ from torch_geometric.data import Batch
 from torch_geometric.nn import MLP, EdgeConv
 
 from bottleneck.neighbors import knn_graph
+from bottleneck.segment import equal_segments
 from bottleneck_pointcloud.data import (
     CLASS_NAMES,
     NUM_CLASSES,
@@ -15,7 +16,7 @@ from bottleneck_pointcloud.data import (
     make_dense_shapes,
     make_shapes,
 )
-from bottleneck_pointcloud.models import DGCNN, NodeSplitEdgeConv, PointNet, _constant_degree, _mlp
+from bottleneck_pointcloud.models import DGCNN, NodeSplitEdgeConv, PointNet, _mlp
 
 # --------------------------------------------------------------------------- data
 
@@ -159,10 +160,10 @@ def test_node_split_edge_conv_equals_edge_conv(
     x = torch.randn(90, 8)
     batch = torch.arange(3).repeat_interleave(30)
     edge_index = knn_graph(x, 5, batch, loop=False)
-    assert _constant_degree(edge_index[1], 90) == 5
+    assert equal_segments(edge_index[1], 90) == 5
     if shuffled:
         edge_index = edge_index[:, torch.randperm(edge_index.shape[1])]
-        assert _constant_degree(edge_index[1], 90) is None
+        assert equal_segments(edge_index[1], 90) is None
     mlp = _mlp(channels, plain_last=plain_last).train(training)
     split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
     x_split, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()

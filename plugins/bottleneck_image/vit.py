@@ -236,7 +236,7 @@ def forward_with_open_patches(
         return model(pixel_values, *args, attention_mask=mask, **kwargs)
     if not isinstance(gates, Tensor) or gates.shape != open_patches.shape or not gates.is_floating_point():
         raise BottleneckError(f"expected float gates of shape {list(open_patches.shape)}, got {describe(gates)}")
-    weights = torch.cat([prefix.to(gates.dtype), gates], dim=1).float()
+    weights = torch.cat([prefix.to(gates.dtype), gates], dim=1)  # gate_attention_bias works in float32
     bias = gate_attention_bias(weights)
     with key_bias_attention_on(model):  # the bias's gradient from the fused SDPA kernels
         return model(pixel_values, *args, attention_mask=bias.to(pixel_values.dtype), **kwargs)

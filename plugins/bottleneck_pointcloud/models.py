@@ -177,7 +177,9 @@ class NodeSplitEdgeConv(EdgeConv):
         to_self, to_offset = first.weight[:, :channels], first.weight[:, channels:]
         source, target = edge_index
         num_nodes = x.shape[0]
-        degree = _constant_degree(target, num_nodes)
+        # k edges into each node, grouped by target (a kNN graph whose samples all have
+        # more than k points): the targets are segments of one size in order
+        degree = equal_segments(target, num_nodes)
         affine = None if self.training else _monotone_norm_affine(mlp)
         if affine is not None:
             return _fused_max(mlp, x, (to_self - to_offset, to_offset, first.bias), source, target, degree, affine)
@@ -198,16 +200,6 @@ class NodeSplitEdgeConv(EdgeConv):
 
 #: Activations that never decrease: the maximum over neighbours commutes with them.
 _MONOTONE_ACTIVATIONS = (nn.ReLU, nn.ELU, nn.CELU, nn.SELU, nn.Tanh, nn.Sigmoid, nn.Hardtanh)  # ReLU6 is a Hardtanh
-
-
-def _constant_degree(target: Tensor, num_nodes: int) -> int | None:
-    """``k`` when ``target`` is ``[0]*k + [1]*k + ... + [N-1]*k`` (k edges into each node, grouped), else ``None``.
-
-    What :func:`~bottleneck.neighbors.knn_graph` returns when every sample has more than
-    ``k`` points. The edges' targets are then segments of one size in order, which
-    :func:`~bottleneck.segment.equal_segments` decides (one comparison, one host sync).
-    """
-    return equal_segments(target, num_nodes)
 
 
 def _monotone_norm_affine(mlp: MLP) -> tuple[Tensor, Tensor] | None:
