@@ -62,7 +62,7 @@ class EquivariantScorer(nn.Module):
             self.head[-1].weight.mul_(0.1)
 
     def forward(self, x: Tensor, batch: Tensor, num_samples: int) -> Tensor:
-        h = self.encode(x)
+        h = self.encode(x) if torch.is_grad_enabled() else self._encode_inference(x)
         if not self.context:
             return self.head(h)
         context = torch.cat([segment_max(h, batch, num_samples), segment_mean(h, batch, num_samples)], -1)
@@ -84,8 +84,22 @@ class EquivariantScorer(nn.Module):
         width = h.shape[-1]
         per_sample = F.linear(context, first.weight[:, width:], first.bias)
         z = torch.addmm(broadcast(per_sample, batch), h, first.weight[:, :width].t())
-        for layer in islice(self.head, 1, None):
-            z = layer(z)
+        return self._rest_inference(self.head, z)
+
+    def _encode_inference(self, x: Tensor) -> Tensor:
+        """:attr:`encode` without autograd, its activations in place (same values, two ``[N, H]`` buffers fewer)."""
+        return self._rest_inference(self.encode, self.encode[0](x))
+
+    @staticmethod
+    def _rest_inference(layers: nn.Sequential, z: Tensor) -> Tensor:
+        """``layers[1:](z)``, each activation applied in place on the previous layer's fresh output."""
+        for layer in islice(layers, 1, None):
+            if isinstance(layer, nn.LeakyReLU):
+                z = F.leaky_relu_(z, layer.negative_slope)
+            elif isinstance(layer, nn.ReLU):
+                z = z.relu_()
+            else:
+                z = layer(z)
         return z
 
     def extra_repr(self) -> str:

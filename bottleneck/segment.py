@@ -22,9 +22,19 @@ def segment_sum(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     return scatter(values, batch, dim=0, dim_size=num_samples, reduce="sum")
 
 
-def segment_mean(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
-    """Mean of ``values`` over the units of each sample; empty samples give 0."""
-    return scatter(values, batch, dim=0, dim_size=num_samples, reduce="mean")
+def segment_mean(values: Tensor, batch: Tensor, num_samples: int, counts: Tensor | None = None) -> Tensor:
+    """Mean of ``values`` over the units of each sample; empty samples give 0.
+
+    ``counts`` (``[B]`` units per sample, as ``torch.bincount(batch)`` gives them) spares
+    the count's own scatter when the caller has it already, as a cloud's two per-sample
+    means in :meth:`~bottleneck_pointcloud.adapter.PointCloudModality.to_units` do; the
+    quotient is the same, to the bit, as the scatter mean's.
+    """
+    if counts is None:
+        return scatter(values, batch, dim=0, dim_size=num_samples, reduce="mean")
+    total = segment_sum(values, batch, num_samples)
+    divisor = counts.to(total.dtype).clamp(min=1)
+    return total / divisor.view(-1, *([1] * (total.dim() - 1)))
 
 
 def segment_max(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:

@@ -49,17 +49,22 @@ def test_without_context_a_unit_cannot_change_another_units_logit(context: bool)
     assert ("context=False" in repr(scorer)) is (not context)
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
 @pytest.mark.parametrize("grad", [True, False])
-def test_scorer_context_is_the_first_head_layer_on_the_concatenation(grad: bool) -> None:
+def test_scorer_context_is_the_first_head_layer_on_the_concatenation(grad: bool, activation: str) -> None:
     """With autograd the head runs on [unit, context]; without, the context is projected per
-    sample (``_head_with_projected_context``): the same logits either way."""
+    sample (``_head_with_projected_context``) and the activations run in place: the same
+    logits either way, and the scorer's weights are untouched."""
     import torch
 
     from bottleneck.scorer import EquivariantScorer
     from bottleneck.segment import segment_max, segment_mean
 
     torch.manual_seed(0)
-    scorer = EquivariantScorer(8, in_features=3)
+    scorer = EquivariantScorer(8, in_features=3, activation=activation)
+    with torch.no_grad():  # some pre-activations below zero, where relu and leaky_relu differ
+        scorer.encode[0].bias.sub_(0.5)
+    weights = [p.detach().clone() for p in scorer.parameters()]
     x, batch = torch.randn(7, 3), torch.tensor([0, 0, 0, 1, 1, 2, 2])
     h = scorer.encode(x)
     context = torch.cat([segment_max(h, batch, 3), segment_mean(h, batch, 3)], -1)
@@ -68,6 +73,7 @@ def test_scorer_context_is_the_first_head_layer_on_the_concatenation(grad: bool)
         logits = scorer(x, batch, 3)
     assert logits.requires_grad is grad
     assert torch.allclose(logits, expected, atol=1e-6)
+    assert all(torch.equal(before, after) for before, after in zip(weights, scorer.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("gate", ["hard_concrete", "concrete", "gaussian", "topk"])

@@ -190,6 +190,19 @@ def test_nan_coordinates(masked) -> None:
         masked(Data(pos=pos))
     with pytest.raises(BottleneckError, match="NaN or Inf"):
         masked(torch.full((1, 4, 3), float("inf")))
+    pos[3, 1] = float("-inf")
+    with pytest.raises(BottleneckError, match="NaN or Inf coordinates \\(1 points\\)"):
+        masked(Data(pos=pos))
+
+
+def test_finite_coordinates_whose_sum_overflows_are_accepted(masked) -> None:
+    """The finiteness check sums the coordinates first; a finite cloud whose sum overflows
+    float32 (two points at 3e38) takes the exact check and passes."""
+    pos = torch.randn(10, 3)
+    pos[:2] = 3e38
+    assert not bool(pos.sum().isfinite())
+    units = masked.adapter(Data(pos=pos)).to_units(Data(pos=pos), with_graph=False)
+    assert units.num_units == 10
 
 
 def test_batch_vector_that_does_not_match(masked) -> None:

@@ -176,6 +176,32 @@ def test_segment_max_and_mean_equal_a_per_sample_loop(counts: list[int], width: 
 
 
 @settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), width=st.integers(0, 4),
+       seed=st.integers(0, 10_000), shuffled=st.booleans())
+def test_segment_mean_with_given_counts_is_the_scatter_mean_to_the_bit(counts: list[int], width: int, seed: int,
+                                                                       shuffled: bool) -> None:
+    """Counts the caller already has give the same bits as the scatter mean, for ``[N]`` and ``[N, F]``
+    values, empty samples (0) included, and the same gradient."""
+    from bottleneck.segment import segment_mean
+
+    g = torch.Generator().manual_seed(seed)
+    num_samples = len(counts)
+    batch = torch.repeat_interleave(torch.arange(num_samples), torch.tensor(counts, dtype=torch.long))
+    if shuffled:
+        batch = batch[torch.randperm(len(batch), generator=g)]
+    values = torch.randn(len(batch), *([width] if width else []), generator=g) * 1e3
+    given = torch.bincount(batch, minlength=num_samples)
+    with_counts = values.clone().requires_grad_()
+    without = values.clone().requires_grad_()
+    got, ref = segment_mean(with_counts, batch, num_samples, given), segment_mean(without, batch, num_samples)
+    assert got.shape == ref.shape and torch.equal(got, ref)
+    weights = torch.randn(ref.shape, generator=g)
+    (got * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(with_counts.grad, without.grad)
+
+
+@settings(max_examples=60, deadline=None)
 @given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), width=st.integers(1, 4),
        seed=st.integers(0, 10_000))
 def test_broadcast_gives_each_unit_its_sample_row_and_sums_gradients_back(counts: list[int], width: int,
