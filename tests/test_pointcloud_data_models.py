@@ -213,6 +213,80 @@ def test_node_split_edge_conv_one_layer_eval_equals_edge_conv(act: str, act_firs
     assert (out_ref != 0).any()
 
 
+def test_node_split_edge_conv_reuses_its_folded_weights_only_while_they_are_current() -> None:
+    """Without autograd the folded eval weights are cached; an in-place change to a weight, new
+    running statistics from training (the conv's, or its norm's alone), ``load_state_dict`` and
+    ``.double()`` each fold again
+    (the output always equals PyG's EdgeConv); with autograd the gradient reaches the weights."""
+    import copy
+
+    torch.manual_seed(0)
+    x = torch.randn(60, 8)
+    batch = torch.arange(2).repeat_interleave(30)
+    edge_index = knn_graph(x, 5, batch, loop=False)
+    mlp = MLP([16, 24], act="relu", norm="batch_norm", plain_last=False)
+    split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
+    split.train()
+    split(torch.randn(60, 8), edge_index)
+
+    def check(inputs: torch.Tensor) -> torch.Tensor:
+        split.eval()
+        with torch.no_grad():
+            out = split(inputs, edge_index)
+            torch.testing.assert_close(out, reference(inputs, edge_index), rtol=1e-5, atol=1e-5)
+        return out
+
+    first = check(x)
+    cached = split._folded[1]
+    check(x)
+    assert split._folded[1] is cached  # nothing changed: reused
+    with torch.no_grad():
+        mlp.lins[0].weight[:, 3] *= -2.0
+    changed = check(x)
+    assert split._folded[1] is not cached and not torch.allclose(changed, first)
+    cached = split._folded[1]
+    split.train()
+    split(torch.randn(60, 8) * 3 + 1, edge_index)  # new running statistics
+    check(x)
+    assert split._folded[1] is not cached
+    cached = split._folded[1]
+    state = copy.deepcopy(split.state_dict())
+    with torch.no_grad():
+        state["nn.norms.0.module.weight"].mul_(0.5)
+    split.load_state_dict(state)
+    check(x)
+    assert split._folded[1] is not cached
+    cached = split._folded[1]
+    mlp.norms[0].train()  # the norm alone trained, the conv left in eval mode
+    mlp.norms[0](torch.randn(100, 24) * 2 - 1)
+    check(x)
+    assert split._folded[1] is not cached
+    split.double()
+    reference.double()
+    assert check(x.double()).dtype == torch.float64
+
+    split.float()
+    split.eval()
+    split.zero_grad()
+    split(x, edge_index).sum().backward()  # eval mode with autograd: folded in the graph
+    assert mlp.lins[0].weight.grad is not None and mlp.lins[0].weight.grad.abs().sum() > 0
+    assert mlp.norms[0].module.weight.grad is not None
+
+
+def test_node_split_edge_conv_built_under_inference_mode_runs_without_the_cache() -> None:
+    """Inference tensors carry no version counter: the weights are folded on every call."""
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        mlp = MLP([16, 24], act="relu", norm="batch_norm", plain_last=False)
+        split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
+        split.eval()
+        x = torch.randn(60, 8)
+        edge_index = knn_graph(x, 5, torch.arange(2).repeat_interleave(30), loop=False)
+        out = split(x, edge_index)
+        assert split._folded is None
+        torch.testing.assert_close(out, reference(x, edge_index), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 3 * 4 * 5 * 7, 2**30])
 def test_neighbour_max_in_chunks_equals_one_gather(monkeypatch, chunk_bytes: int) -> None:
     """The row-chunked gather-and-max gives what one ``[N, k, H]`` gather gives: one row per
