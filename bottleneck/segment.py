@@ -235,16 +235,19 @@ def _top_by_threshold(scores: Tensor, batch: Tensor, counts: Tensor, k: Tensor) 
     return kept.view(-1).index_select(0, cell)
 
 
-def compact(keep: Tensor, batch: Tensor, num_samples: int) -> tuple[Tensor, Tensor, Tensor]:
+def compact(keep: Tensor, batch: Tensor, num_samples: int, *, with_remap: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """Remove the units where ``keep`` is False.
 
     :returns: ``(index, new_batch, remap)`` — ``index`` are the kept units' old
         positions, ``new_batch`` their sample ids (samples keep their ids), and
         ``remap`` maps an old unit index to its new one (``-1`` if dropped), for
-        rewriting edge indices.
+        rewriting edge indices; ``None`` with ``with_remap=False`` (an input without
+        edges: three tensor operations fewer on the sparse path).
     """
     index = keep.nonzero(as_tuple=False).view(-1)
-    remap = torch.full((keep.numel(),), -1, dtype=torch.long, device=keep.device)
-    remap[index] = torch.arange(index.numel(), device=keep.device)
-    return index, batch[index], remap
+    remap = None
+    if with_remap:
+        remap = torch.full((keep.numel(),), -1, dtype=torch.long, device=keep.device)
+        remap[index] = torch.arange(index.numel(), device=keep.device)
+    return index, batch.index_select(0, index), remap
 

@@ -72,6 +72,27 @@ def test_sparse_path_really_removes_points() -> None:
     assert result.output.shape == (3, 3)
 
 
+def test_sparse_path_keeps_only_the_edges_between_kept_points() -> None:
+    """A cloud with its own graph (``edge_index`` and an edge attribute): the reduced input keeps
+    exactly the edges whose two ends were kept, renumbered, with their attributes."""
+    from bottleneck.neighbors import knn_graph
+
+    batch = clouds((20, 30))
+    batch.edge_index = knn_graph(batch.pos, 4, batch.batch)
+    batch.edge_weight = torch.arange(batch.edge_index.shape[1], dtype=torch.float)
+    masked = bottleneck.attach(CountingNet(), "pointcloud", keep=0.5)
+    masked(batch)
+    result = masked.sparse(batch, keep=0.5)
+    kept = result.kept.nonzero().view(-1)
+    both = result.kept[batch.edge_index].all(0)
+    assert 0 < int(both.sum()) < batch.edge_index.shape[1]
+    new_id = torch.full((batch.pos.shape[0],), -1)
+    new_id[kept] = torch.arange(kept.numel())
+    assert torch.equal(result.inputs.edge_index, new_id[batch.edge_index[:, both]])
+    assert torch.equal(result.inputs.edge_weight, batch.edge_weight[both])
+    assert torch.equal(result.inputs.pos, batch.pos[kept])
+
+
 def test_remove_baseline_drops_closed_points_in_training() -> None:
     net = CountingNet()
     masked = bottleneck.attach(net, "pointcloud", keep=0.3, init_open=0.3)

@@ -111,6 +111,8 @@ def test_compact_remaps_indices(counts: list[int], seed: int) -> None:
     assert torch.equal(new_batch, batch[keep])
     assert torch.equal(remap[index], torch.arange(index.numel()))
     assert (remap[~keep] == -1).all()
+    same_index, same_batch, none = compact(keep, batch, num_samples, with_remap=False)
+    assert torch.equal(same_index, index) and torch.equal(same_batch, new_batch) and none is None
 
 
 @settings(max_examples=40, deadline=None)

@@ -206,11 +206,12 @@ class PointCloudModality(Modality):
 
     def _subset(self, data: BaseData, units: Units, keep: Tensor) -> BaseData:
         """A shallow copy of ``data`` holding only the kept points, with batch/ptr rebuilt."""
-        index, new_batch, remap = compact(keep, units.batch, units.num_samples)
-        out = copy.copy(data)
         edge_index = getattr(data, "edge_index", None)
+        has_edges = isinstance(edge_index, Tensor)
+        index, new_batch, remap = compact(keep, units.batch, units.num_samples, with_remap=has_edges)
+        out = copy.copy(data)
         valid_edges = None
-        if isinstance(edge_index, Tensor):
+        if has_edges and remap is not None:
             mapped = remap[edge_index]
             valid_edges = (mapped >= 0).all(0)
             out.edge_index = mapped[:, valid_edges]
