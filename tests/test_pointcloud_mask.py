@@ -204,6 +204,18 @@ def test_bad_batch_vectors_say_what_is_wrong(masked, batch, num_graphs, message)
         masked(data)
 
 
+def test_one_point_batches(masked) -> None:
+    """A batch vector of one point has no steps to check: its one id still decides."""
+    single = Batch.from_data_list([Data(pos=torch.randn(1, 3))])
+    assert masked.adapter(single).to_units(single, with_graph=False).num_samples == 1
+    single.batch, single._num_graphs = torch.tensor([1]), 2
+    with pytest.raises(BottleneckError, match=r"samples \[0\] have 0 points"):
+        masked(single)
+    single.batch, single._num_graphs = torch.tensor([-1]), 1
+    with pytest.raises(BottleneckError, match="sorted and non-negative"):
+        masked(single)
+
+
 def test_nan_coordinates(masked) -> None:
     pos = torch.randn(10, 3)
     pos[3, 1] = float("nan")

@@ -82,10 +82,12 @@ def _check_batch(batch: Tensor, num_points: int, num_samples: int | None) -> tup
         raise BottleneckError(f"batch vector must be torch.long (got {describe(batch)})")
     first = last = -1
     descending = skipped = False
-    if batch.numel():  # one host sync for every check: a sorted vector's ends are its min and max
-        steps = batch[1:] - batch[:-1]
-        first, last, descending, skipped = torch.stack(
-            [batch[0], batch[-1], (steps < 0).any().long(), (steps > 1).any().long()]).tolist()
+    if batch.numel() > 1:  # one host sync for every check: a sorted vector's ends are its min and max
+        fewest, most = torch.aminmax(batch[1:] - batch[:-1])  # a step down is unsorted, above 1 skips a sample
+        first, last, low, high = torch.stack([batch[0], batch[-1], fewest, most]).tolist()
+        descending, skipped = low < 0, high > 1
+    elif batch.numel():
+        first = last = int(batch[0])
     if batch.numel() and (first < 0 or descending):
         raise BottleneckError("batch vector must be sorted and non-negative (PyG convention)")
     inferred = last + 1
