@@ -264,6 +264,11 @@ def test_node_split_edge_conv_reuses_its_folded_weights_only_while_they_are_curr
     split.double()
     reference.double()
     assert check(x.double()).dtype == torch.float64
+    assert split._folded is not None
+    copied = copy.deepcopy(split)  # the cache is not copied (nor pickled): the copy folds its own
+    assert copied._folded is None
+    with torch.no_grad():
+        torch.testing.assert_close(copied.eval()(x.double(), edge_index), check(x.double()))
 
     split.float()
     split.eval()

@@ -195,6 +195,13 @@ class NodeSplitEdgeConv(EdgeConv):
         h = _mlp_after_first_linear(mlp, h)
         return scatter(h, target, dim=0, dim_size=num_nodes, reduce="max")
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (``torch.save`` of the module, ``copy.deepcopy``) without the folded weights:
+        they would be refolded on the first call anyway, since the loaded tensors are new."""
+        state = super().__getstate__()
+        state["_folded"] = None
+        return state
+
     def train(self, mode: bool = True) -> NodeSplitEdgeConv:
         """Switch modes; entering training drops the folded eval weights (it moves the running statistics)."""
         if mode:
