@@ -158,8 +158,12 @@ def segment_rank(scores: Tensor, batch: Tensor, num_samples: int) -> Tensor:
 def _padding_pays(batch: Tensor, num_samples: int, width: int) -> bool:
     """Whether a ``[B, width]`` table is worth padding to: at most :data:`PADDED_RANK_MAX_FILL`
     cells per unit, and ``batch`` sorted (each sample's units are a contiguous run)."""
-    return (num_samples * width <= PADDED_RANK_MAX_FILL * batch.numel()
-            and bool((batch[1:] >= batch[:-1]).all()))
+    return _padding_fits(num_samples, width, batch.numel()) and bool((batch[1:] >= batch[:-1]).all())
+
+
+def _padding_fits(num_samples: int, width: int, count: int) -> bool:
+    """Whether a ``[B, width]`` table holds at most :data:`PADDED_RANK_MAX_FILL` cells per unit."""
+    return num_samples * width <= PADDED_RANK_MAX_FILL * count
 
 
 def _padded_table(scores: Tensor, batch: Tensor, ptr: Tensor, num_samples: int, width: int) -> tuple[Tensor, Tensor]:
@@ -218,7 +222,7 @@ def _top_by_threshold(scores: Tensor, batch: Tensor, counts: Tensor, k: Tensor) 
         return None
     width, most, unsorted, has_nan = torch.stack(
         [counts.max(), k.max(), (batch[1:] < batch[:-1]).any(), scores.isnan().any()]).tolist()
-    if unsorted or has_nan or num_samples * width > PADDED_RANK_MAX_FILL * count:
+    if unsorted or has_nan or not _padding_fits(num_samples, width, count):
         return None
     if most <= 0:
         return torch.zeros(count, dtype=torch.bool, device=scores.device)

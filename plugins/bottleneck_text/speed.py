@@ -23,9 +23,11 @@ SIZES: dict[bool, dict[str, int]] = {
 BATCH_SIZE = 32
 MAX_LENGTH = 128
 WORDS = {"min_words": 60, "max_words": 110}
-#: BERT's mask is fine-tuned onto the trained dense BERT with the top-k gate, as the other
-#: sparse models are: with hard-concrete gates the fine-tuned BERT lost 22 points even on
-#: every token (0.752 against 1.000 dense; a full run, one seed).
+#: BERT's mask is fine-tuned onto the trained dense BERT with the top-k gate (its
+#: ``joint_options``), as the other sparse models are: with hard-concrete gates the
+#: fine-tuned BERT lost 22 points even on every token (0.752 against 1.000 dense; a full
+#: run, one seed).
+#:
 #: BERT's mask trains through its attention (``attention_gates``): each token's attention
 #: weight is multiplied by its gate, so closed tokens get gradients too. With tokens only
 #: hidden (the text modality's default) the joint run's sparse accuracy at keep 0.25 was
