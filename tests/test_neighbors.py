@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import bottleneck.neighbors as nb
 from bottleneck.errors import BottleneckError
-from bottleneck.neighbors import fps, knn, knn_graph
+from bottleneck.neighbors import fps, knn, knn_graph, knn_neighbours
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -571,6 +571,88 @@ def test_knn_graph_with_a_layout_gives_the_same_graph(counts, k, dim, seed, grid
     edge = knn_graph(pos, k, batch, loop=loop, use_cluster=False, layout=every)
     ref = _ref_knn_dists(pos, pos, k, batch.tolist(), batch.tolist(), exclude_self=not loop)
     _assert_close_lists(_got_knn_dists(pos, pos, edge.flip(0), len(batch)), ref)
+
+
+@SETTINGS
+@given(
+    counts=st.lists(st.integers(2, 30), min_size=1, max_size=6),
+    k=st.integers(1, 6),
+    dim=st.sampled_from([2, 3, 12]),
+    seed=st.integers(0, 2**31 - 1),
+    grid=st.booleans(),
+    with_layout=st.booleans(),
+    nearest_first=st.booleans(),
+)
+@example(counts=[7, 7, 7], k=6, dim=12, seed=0, grid=True, with_layout=True, nearest_first=False)  # ties, k = n - 1
+def test_knn_neighbours_is_the_knn_graph_as_a_table(counts, k, dim, seed, grid, with_layout, nearest_first):
+    """Where every sample has more than k points, row i of the table is point i's k neighbours
+    in the graph knn_graph builds without loops, in the same order: exact, with ties and
+    duplicates, with or without a shared layout, on one sample or many."""
+    counts = [max(c, k + 1) for c in counts]
+    batch = _batch(counts)
+    pos = _points(len(batch), dim, seed, grid)
+    layout = nb.SampleLayout.of(batch) if with_layout else None
+    table = knn_neighbours(pos, k, None if with_layout else batch, layout=layout, nearest_first=nearest_first)
+    assert table.shape == (len(batch), k) and table.dtype == torch.long
+    edge = knn_graph(pos, k, batch, use_cluster=False, nearest_first=nearest_first)  # (neighbour, centre)
+    assert torch.equal(edge[1], torch.arange(len(batch)).repeat_interleave(k))
+    assert torch.equal(table.reshape(-1), edge[0])
+    centre = torch.arange(len(batch)).unsqueeze(1)
+    assert not bool((table == centre).any())
+    assert bool((batch[table] == batch.unsqueeze(1)).all())
+    ref = _ref_knn_dists(pos, pos, k, batch.tolist(), batch.tolist(), exclude_self=True)
+    _assert_close_lists(_got_knn_dists(pos, pos, edge.flip(0), len(batch)), ref)
+
+
+@pytest.mark.parametrize("counts", [[300], [6] * 8 + [200]], ids=["one sample", "very ragged"])
+def test_knn_neighbours_on_the_chunked_path(counts):
+    """One large sample, or samples too ragged to pad, take the chunked search: the same table."""
+    batch = _batch(counts)
+    layout = nb.SampleLayout.of(batch)
+    assert layout.num_samples == 1 or not nb._blocked_fits(layout, layout, nb._budget_elems(batch.device, torch.float32))
+    pos = _points(len(batch), 12, 3, False)
+    table = knn_neighbours(pos, 5, batch)
+    assert torch.equal(table.reshape(-1), knn_graph(pos, 5, batch, use_cluster=False)[0])
+
+
+def test_knn_neighbours_half_precision_and_empty():
+    """Half-precision points are measured in float32 (the same table); no points, no rows."""
+    pos = _points(40, 3, 1, False)
+    batch = _batch([20, 20])
+    assert torch.equal(knn_neighbours(pos.half(), 4, batch), knn_neighbours(pos.half().float(), 4, batch))
+    assert knn_neighbours(torch.empty(0, 3), 2).shape == (0, 2)
+
+
+def test_sample_layout_caches_the_blocked_search_indices():
+    """The padded rows, first points and padding mask of a layout are built once and say what they should."""
+    batch = _batch([2, 0, 3])
+    layout = nb.SampleLayout.of(batch)
+    assert layout.padded_row.tolist() == [0, 1, 6, 7, 8]  # widest 3: sample 2 starts at row 6
+    assert layout.first_of_point.squeeze(1).tolist() == [0, 0, 2, 2, 2]
+    assert layout.padding.squeeze(1).tolist() == [[False, False, True], [True, True, True], [False, False, False]]
+    assert layout.padded_row is layout.padded_row  # cached
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda: knn_neighbours(_points(13, 3, 0, False), 5, _batch([8, 5])),
+         "more than k=5 points in every sample; the smallest of the 2 samples has 5"),
+        (lambda: knn_neighbours(_points(5, 3, 0, False), 5), "the smallest of the 1 samples has 5"),
+        (lambda: knn_neighbours(torch.tensor([[1e30, 0.0], [0.0, 0.0], [1.0, 1.0]]), 1), "overflow"),
+        (lambda: knn_neighbours(torch.tensor([[0.0, math.nan], [1.0, 1.0]]), 1), "finite"),
+        (lambda: knn_neighbours(_points(11, 3, 0, False), 3, layout=nb.SampleLayout.of(_batch([5, 5]))),
+         "describes 10 points"),
+        (lambda: knn_neighbours(_points(4, 3, 0, False), 0), "k must be an integer >= 1"),
+        (lambda: knn_neighbours(_points(4, 3, 0, False), 1, torch.tensor([1, 0, 0, 0])), "sorted ascending"),
+    ],
+)
+def test_knn_neighbours_errors(call, needle):
+    """A table needs k neighbours for every point: a small sample, overflowing distances or bad
+    input say so."""
+    with pytest.raises(BottleneckError) as info:
+        call()
+    assert needle in str(info.value)
 
 
 def test_sample_layout_rejects_what_it_cannot_describe():

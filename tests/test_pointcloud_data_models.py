@@ -7,8 +7,10 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.nn import MLP, EdgeConv
 
-from bottleneck.neighbors import knn_graph
+from bottleneck.errors import BottleneckError
+from bottleneck.neighbors import knn_graph, knn_neighbours
 from bottleneck.segment import equal_segments
+from bottleneck_pointcloud import models
 from bottleneck_pointcloud.data import (
     CLASS_NAMES,
     NUM_CLASSES,
@@ -211,6 +213,88 @@ def test_node_split_edge_conv_one_layer_eval_equals_edge_conv(act: str, act_firs
     if isolated:
         assert torch.all(out_split[7] == 0)
     assert (out_ref != 0).any()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_node_split_edge_conv_takes_a_neighbour_table(training: bool) -> None:
+    """``forward_neighbours(x, table)`` is EdgeConv on the edges ``(table[i, j], i)``: the same
+    outputs and gradients, in training (BatchNorm over the edges) and in eval (the fused path)."""
+    torch.manual_seed(0)
+    x = torch.randn(90, 8)
+    batch = torch.arange(3).repeat_interleave(30)
+    table = knn_neighbours(x, 5, batch, nearest_first=False)
+    edge_index = knn_graph(x, 5, batch, loop=False, nearest_first=False)
+    mlp = _mlp([16, 24], plain_last=False)
+    split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
+    split.train()
+    split(torch.randn(90, 8), edge_index)  # running statistics that differ from the initial ones
+    split.train(training)
+    reference.train(training)
+    x_split, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_split, out_ref = split.forward_neighbours(x_split, table), reference(x_ref, edge_index)
+    weights = torch.randn_like(out_ref)
+    (out_split * weights).sum().backward()
+    grad_split = [p.grad.clone() for p in mlp.parameters()]
+    mlp.zero_grad()
+    (out_ref * weights).sum().backward()
+    torch.testing.assert_close(out_split, out_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_split.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(grad_split, [p.grad for p in mlp.parameters()], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_node_split_edge_conv_refuses_a_table_that_is_not_one() -> None:
+    conv = NodeSplitEdgeConv(_mlp([16, 24], plain_last=False))
+    x = torch.randn(10, 8)
+    for bad in (torch.zeros(9, 3, dtype=torch.long), torch.zeros(10, 3), torch.zeros(30, dtype=torch.long),
+                torch.zeros(10, 0, dtype=torch.long)):
+        with pytest.raises(BottleneckError, match=r"torch.long \[N, k\] table with N = 10 rows"):
+            conv.forward_neighbours(x, bad)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_dgcnn_neighbour_tables_give_what_its_edges_give(training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every cloud has more than k points: DGCNN takes each layer's neighbours as a table (three
+    searches), and its logits and gradients are those of the edge path it takes otherwise."""
+    torch.manual_seed(0)
+    model = DGCNN(NUM_CLASSES, k=4, hidden=16)
+    batch = _ragged_batch(6)
+    model(batch)  # running statistics that differ from the initial ones
+    model.train(training)
+    searches: list[str] = []
+    table_search, graph_search = models.knn_neighbours, models.knn_graph
+    monkeypatch.setattr(models, "knn_neighbours", lambda *a, **kw: searches.append("table") or table_search(*a, **kw))
+    monkeypatch.setattr(models, "knn_graph", lambda *a, **kw: searches.append("edges") or graph_search(*a, **kw))
+
+    def logits_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks in training
+        out = model(batch)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    with_tables = logits_and_grads()
+    assert searches == ["table"] * 3
+    monkeypatch.setattr(models, "HAS_TORCH_CLUSTER", True)  # where torch_cluster is installed: edges
+    with_edges = logits_and_grads()
+    assert searches == ["table"] * 3 + ["edges"] * 3
+    torch.testing.assert_close(with_tables[0], with_edges[0], rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(with_tables[1], with_edges[1], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_dgcnn_takes_edges_when_a_cloud_has_at_most_k_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cloud of k points gives its points fewer than k neighbours: no table, the kNN graph."""
+    torch.manual_seed(0)
+    model = DGCNN(NUM_CLASSES, k=4, hidden=16).eval()
+    small = Batch.from_data_list([*make_shapes(2, min_points=20, max_points=30, seed=1),
+                                  *make_shapes(1, min_points=4, max_points=4, seed=2)])
+    searches: list[str] = []
+    graph_search = models.knn_graph
+    monkeypatch.setattr(models, "knn_graph", lambda *a, **kw: searches.append("edges") or graph_search(*a, **kw))
+    with torch.no_grad():
+        assert torch.isfinite(model(small)).all()
+    assert searches == ["edges"] * 3
 
 
 def test_node_split_edge_conv_reuses_its_folded_weights_only_while_they_are_current() -> None:

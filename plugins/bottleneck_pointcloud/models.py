@@ -18,7 +18,7 @@ from torch_geometric.nn import MLP, EdgeConv, global_max_pool
 from torch_geometric.utils import scatter
 
 from bottleneck.errors import BottleneckError, describe
-from bottleneck.neighbors import SampleLayout, knn_graph
+from bottleneck.neighbors import HAS_TORCH_CLUSTER, SampleLayout, knn_graph, knn_neighbours
 from bottleneck.segment import equal_segments
 
 __all__ = ["DGCNN", "NodeSplitEdgeConv", "PointNet", "TNet"]
@@ -181,19 +181,39 @@ class NodeSplitEdgeConv(EdgeConv):
         # k edges into each node, grouped by target (a kNN graph whose samples all have
         # more than k points): the targets are segments of one size in order
         degree = equal_segments(target, num_nodes)
+        if degree is not None:
+            return self.forward_neighbours(x, source.reshape(num_nodes, degree))
         folded = None if self.training else self._folded_weights(channels)
         if folded is not None:
-            return _fused_max(mlp, x, folded, source, target, degree)
-        first = mlp.lins[0]
-        to_self, to_offset = first.weight[:, :channels], first.weight[:, channels:]
-        per_target = F.linear(x, to_self - to_offset, first.bias)
-        per_source = F.linear(x, to_offset)
-        if degree is not None:  # BatchNorm sees the same rows in the same order as below
-            pairs = per_source.index_select(0, source).view(num_nodes, degree, -1) + per_target.unsqueeze(1)
-            return _mlp_after_first_linear(mlp, pairs.flatten(0, 1)).view(num_nodes, degree, -1).amax(1)
+            return _fused_max(mlp, x, folded, edge_index=edge_index)
+        per_target, per_source = _split_first_linear(mlp, x)
         h = per_target.index_select(0, target) + per_source.index_select(0, source)
         h = _mlp_after_first_linear(mlp, h)
         return scatter(h, target, dim=0, dim_size=num_nodes, reduce="max")
+
+    def forward_neighbours(self, x: Tensor, neighbours: Tensor) -> Tensor:
+        """Per-node outputs [N, H] when node ``i`` receives edges from the nodes ``neighbours[i]`` ([N, k]).
+
+        The same as :meth:`forward` with the edges ``(neighbours[i, j], i)`` grouped by
+        target, for a caller that has the neighbours as a table
+        (:func:`~bottleneck.neighbors.knn_neighbours`): the maximum is taken over an
+        ``[N, k, H]`` view and the per-target terms are broadcast, not gathered.
+        """
+        if not isinstance(neighbours, Tensor) or neighbours.dim() != 2 or neighbours.shape[0] != x.shape[0] \
+                or neighbours.shape[1] < 1 or neighbours.dtype != torch.long:
+            raise BottleneckError(
+                f"neighbours must be a torch.long [N, k] table with N = {x.shape[0]} rows (one per node of x) "
+                f"and k >= 1; got {describe(neighbours)}"
+            )
+        mlp: MLP = self.nn
+        num_nodes, degree = neighbours.shape
+        folded = None if self.training else self._folded_weights(x.shape[-1])
+        if folded is not None:
+            return _fused_max(mlp, x, folded, neighbours=neighbours)
+        per_target, per_source = _split_first_linear(mlp, x)
+        # BatchNorm sees the rows in the order the edge path's scatter would
+        pairs = per_source.index_select(0, neighbours.reshape(-1)).view(num_nodes, degree, -1) + per_target.unsqueeze(1)
+        return _mlp_after_first_linear(mlp, pairs.flatten(0, 1)).view(num_nodes, degree, -1).amax(1)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle (``torch.save`` of the module, ``copy.deepcopy``) without the folded weights:
@@ -330,30 +350,33 @@ def _fold_eval_weights(mlp: MLP, channels: int) -> _FoldedWeights | None:
     return _FoldedWeights((to_self - to_offset) * column, target_bias, to_offset * column, fold, act_first)
 
 
-def _fused_max(mlp: MLP, x: Tensor, folded: _FoldedWeights, source: Tensor, target: Tensor,
-               degree: int | None) -> Tensor:
+def _fused_max(mlp: MLP, x: Tensor, folded: _FoldedWeights, *, neighbours: Tensor | None = None,
+               edge_index: Tensor | None = None) -> Tensor:
     """``max_j tail(a_i + b_j)`` of a one-layer MLP whose tail is monotone, with no per-edge arithmetic.
 
-    ``folded`` holds the split first layer ``(A - B, B, bias)`` with the norm ``(s, t)``
-    folded in (:func:`_fold_eval_weights`). Norm then activation (DGCNN's order):
-    ``act(s a_i + t + max_j s b_j)``. Activation then norm, with ``g`` the sign of the
-    norm's slope: ``norm(act(g (g a_i + max_j g b_j)))``. A node without incoming edges
-    gets 0, as EdgeConv's empty max does.
+    The ``j`` of node ``i`` are ``neighbours[i]`` (an ``[N, k]`` table) or the sources of
+    its edges in ``edge_index`` (source, target). ``folded`` holds the split first layer
+    ``(A - B, B, bias)`` with the norm ``(s, t)`` folded in (:func:`_fold_eval_weights`).
+    Norm then activation (DGCNN's order): ``act(s a_i + t + max_j s b_j)``. Activation
+    then norm, with ``g`` the sign of the norm's slope: ``norm(act(g (g a_i + max_j g b_j)))``.
+    A node without incoming edges gets 0, as EdgeConv's empty max does.
     """
     act, num_nodes = mlp.act, x.shape[0]
     act_first, fold = folded.act_first, folded.fold
     per_target = F.linear(x, folded.to_target, folded.target_bias)
     per_source = F.linear(x, folded.to_source)
-    if degree is not None:
-        h = per_target + _neighbour_max(per_source, source.reshape(num_nodes, degree))
+    if neighbours is not None:
+        h = per_target + _neighbour_max(per_source, neighbours)
     else:
+        assert edge_index is not None
+        source, target = edge_index
         gathered = per_source.index_select(0, source)
         h = per_target + scatter(gathered, target, dim=0, dim_size=num_nodes, reduce="max")
     if act_first:
         h = mlp.norms[0](act(h * fold))
     elif act is not None:
         h = act(h)
-    if degree is not None:
+    if neighbours is not None:
         return h
     has_edge = torch.zeros(num_nodes, 1, dtype=torch.bool, device=x.device)
     has_edge[target] = True
@@ -384,6 +407,14 @@ def _neighbour_max(values: Tensor, neighbours: Tensor) -> Tensor:
         torch.amax(values.index_select(0, part.reshape(-1)).view(part.shape[0], k, width), dim=1,
                    out=out[start:start + rows])
     return out
+
+
+def _split_first_linear(mlp: MLP, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``((A - B) x + b, B x)``: the first linear layer ``[A | B]`` on ``[x_i, x_j - x_i]``, split per node."""
+    first = mlp.lins[0]
+    channels = x.shape[-1]
+    to_self, to_offset = first.weight[:, :channels], first.weight[:, channels:]
+    return F.linear(x, to_self - to_offset, first.bias), F.linear(x, to_offset)
 
 
 def _mlp_after_first_linear(mlp: MLP, h: Tensor) -> Tensor:
@@ -451,11 +482,17 @@ class DGCNN(nn.Module):
         """Logits [B, num_classes] for a PyG Data/Batch or a dense [B, N, 3] tensor."""
         pos, _, batch, b = _unpack(data)
         layout = SampleLayout.of(batch)  # the three searches share the batch vector's checks and counts
+        # every point has k neighbours: they come as an [N, k] table (knn_graph would
+        # dispatch to torch_cluster where it is installed, which gives edges), for the
+        # convs that take one (PyG's EdgeConv swapped in takes edges)
+        as_table = layout.fewest > self.k and not HAS_TORCH_CLUSTER
         h = pos
         outs = []
         for conv in self.convs:
-            edge_index = knn_graph(h.detach(), self.k, batch, loop=False, nearest_first=False, layout=layout)
-            h = conv(h, edge_index)
+            if as_table and isinstance(conv, NodeSplitEdgeConv):
+                h = conv.forward_neighbours(h, knn_neighbours(h.detach(), self.k, layout=layout, nearest_first=False))
+            else:
+                h = conv(h, knn_graph(h.detach(), self.k, batch, loop=False, nearest_first=False, layout=layout))
             outs.append(h)
         h = self.point_mlp(torch.cat(outs, dim=-1))
         return self.classifier(global_max_pool(h, batch, size=b))
