@@ -388,8 +388,8 @@ class SampleLayout:
     # The blocked search's per-point and per-sample index tensors, built on first use and
     # kept with the layout: a model searching the same samples three times (DGCNN) builds
     # them once. With them and the neighbour table (:func:`knn_neighbours`), DGCNN's
-    # sparse call on the bench's kept quarter went from 9.6 to 9.0 ms (one process,
-    # alternating with the previous code, 2 CPU cores).
+    # sparse call on the bench's batch went from 8.48 to 8.27 ms (medians of 8 fresh
+    # processes each, alternating with the previous code, 2 CPU cores).
 
     @cached_property
     def padded_row(self) -> Tensor:
