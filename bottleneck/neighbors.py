@@ -402,6 +402,11 @@ class SampleLayout:
         return self.start.index_select(0, self.batch).unsqueeze(1)
 
     @cached_property
+    def sizes(self) -> Tensor:
+        """``[B, 1, 1]`` long: the points of each sample, at least 1 (what a sample's mean divides by)."""
+        return self.counts.clamp(min=1).view(-1, 1, 1)
+
+    @cached_property
     def padding(self) -> Tensor:
         """``[B, 1, widest]`` bool: the slots of each padded sample that hold no point."""
         return (torch.arange(self.widest, device=self.batch.device) >= self.counts[:, None]).unsqueeze(1)
@@ -464,7 +469,7 @@ def _padded_pair(x: Tensor, y: Tensor, layout_x: SampleLayout, layout_y: SampleL
     xs = _padded(x, layout_x)
     ys = xs if exclude_self else _padded(y, layout_y)
     if x.shape[1] > _EXACT_MAX_DIM:
-        center = xs.sum(1, keepdim=True) / layout_x.counts.clamp(min=1).to(x.dtype).view(-1, 1, 1)
+        center = xs.sum(1, keepdim=True) / layout_x.sizes
         xs = xs - center
         ys = xs if exclude_self else ys - center
     return xs, ys

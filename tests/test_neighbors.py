@@ -624,12 +624,14 @@ def test_knn_neighbours_half_precision_and_empty():
 
 
 def test_sample_layout_caches_the_blocked_search_indices():
-    """The padded rows, first points and padding mask of a layout are built once and say what they should."""
+    """The padded rows, first points, sample sizes and padding mask of a layout are built once and say
+    what they should."""
     batch = _batch([2, 0, 3])
     layout = nb.SampleLayout.of(batch)
     assert layout.padded_row.tolist() == [0, 1, 6, 7, 8]  # widest 3: sample 2 starts at row 6
     assert layout.first_of_point.squeeze(1).tolist() == [0, 0, 2, 2, 2]
     assert layout.padding.squeeze(1).tolist() == [[False, False, True], [True, True, True], [False, False, False]]
+    assert layout.sizes.flatten().tolist() == [2, 1, 3]  # an empty sample's mean divides by 1
     assert layout.padded_row is layout.padded_row  # cached
 
 
