@@ -147,6 +147,23 @@ def test_dense_matches_batch() -> None:
             torch.testing.assert_close(model(pos), model(batch), rtol=1e-4, atol=1e-5)
 
 
+def _assert_same_function(mlp: torch.nn.Module, x: torch.Tensor, split_call, reference_call) -> None:
+    """``split_call`` and ``reference_call`` on ``x`` give the same outputs, input gradients and
+    gradients of ``mlp``'s parameters (which both use)."""
+    x_split, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_split, out_ref = split_call(x_split), reference_call(x_ref)
+    weights = torch.randn_like(out_ref)
+    mlp.zero_grad()
+    (out_split * weights).sum().backward()
+    grad_split = [p.grad.clone() for p in mlp.parameters()]
+    mlp.zero_grad()
+    (out_ref * weights).sum().backward()
+    torch.testing.assert_close(out_split, out_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_split.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(grad_split, [p.grad for p in mlp.parameters()], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shuffled", [False, True])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("channels, plain_last", [([16, 32, 24], False), ([16, 24], True), ([16, 32, 24], True)])
@@ -168,17 +185,7 @@ def test_node_split_edge_conv_equals_edge_conv(
         assert equal_segments(edge_index[1], 90) is None
     mlp = _mlp(channels, plain_last=plain_last).train(training)
     split, reference = NodeSplitEdgeConv(mlp), EdgeConv(mlp, aggr="max")
-    x_split, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_split, out_ref = split(x_split, edge_index), reference(x_ref, edge_index)
-    weights = torch.randn_like(out_ref)
-    (out_split * weights).sum().backward()
-    grad_split = [p.grad.clone() for p in mlp.parameters()]
-    mlp.zero_grad()
-    (out_ref * weights).sum().backward()
-    torch.testing.assert_close(out_split, out_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x_split.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
-    for mine, theirs in zip(grad_split, [p.grad for p in mlp.parameters()], strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+    _assert_same_function(mlp, x, lambda v: split(v, edge_index), lambda v: reference(v, edge_index))
 
 
 @pytest.mark.parametrize("isolated", [True, False])
@@ -230,17 +237,7 @@ def test_node_split_edge_conv_takes_a_neighbour_table(training: bool) -> None:
     split(torch.randn(90, 8), edge_index)  # running statistics that differ from the initial ones
     split.train(training)
     reference.train(training)
-    x_split, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_split, out_ref = split.forward_neighbours(x_split, table), reference(x_ref, edge_index)
-    weights = torch.randn_like(out_ref)
-    (out_split * weights).sum().backward()
-    grad_split = [p.grad.clone() for p in mlp.parameters()]
-    mlp.zero_grad()
-    (out_ref * weights).sum().backward()
-    torch.testing.assert_close(out_split, out_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x_split.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
-    for mine, theirs in zip(grad_split, [p.grad for p in mlp.parameters()], strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+    _assert_same_function(mlp, x, lambda v: split.forward_neighbours(v, table), lambda v: reference(v, edge_index))
 
 
 def test_node_split_edge_conv_refuses_a_table_that_is_not_one() -> None:
