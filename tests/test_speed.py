@@ -135,6 +135,25 @@ def test_claims_follow_the_figures(report: dict) -> None:
         assert name in text
 
 
+def test_markdown_never_rounds_a_judged_figure_across_its_bound(report: dict) -> None:
+    """A speed-up of 2.4996 against 2.5 prints as x2.4996, not x2.50 beside a claim that fails; a
+    train overhead of 1.2507 against 1.25 as 1.251. Figures held to nothing keep two decimals."""
+    changed = json.loads(json.dumps(report))
+    changed["sparse_speedup"]["PointNet"]["0.25"]["speedup"] = 2.4996
+    changed["sparse_speedup"]["PointNet"]["0.5"]["speedup"] = 2.4996  # not judged at keep 0.5
+    changed["details"]["sparse"]["PointNet"]["keeps"]["0.25"]["speedup_per_process"] = [2.4996, 2.513, 2.49999]
+    changed["claims"] = claims(changed, {"PointNet": 2.5})
+    assert changed["claims"]["sparse_speedup_PointNet"]["speedup_holds"] is False
+    for name, ratio in (("CNN", 1.2507), ("CNN-8", 1.2507), ("BERT", 1.2493)):
+        changed["details"]["train"][name]["ratio"] = ratio
+    text = markdown(changed)
+    row = next(line for line in text.splitlines() if line.startswith("| PointNet |") and "keep" not in line
+               and "acc" in line)
+    assert "x2.4996, acc" in row and "x2.50, acc" in row  # keep 0.25 judged, keep 0.5 not
+    assert "PointNet x2.4996, x2.51, x2.49999" in text
+    assert "| CNN | 1.251 |" in text and "| CNN-8 (not judged) | 1.25 |" in text and "| BERT | 1.25 |" in text
+
+
 def test_a_sparse_target_needs_data() -> None:
     with pytest.raises(BottleneckError, match="needs train and test data"):
         SpeedCase("m", "image", torch.nn.Identity, (torch.zeros(1), torch.zeros(1)), sparse_target=2.0)
