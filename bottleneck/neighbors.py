@@ -810,7 +810,7 @@ def knn_neighbours(
     The graph :func:`knn_graph` builds without loops when every sample has more than
     ``k`` points -- each point then has exactly ``k`` neighbours -- as the table of
     their indices, row ``i`` for point ``i``. A layer that gathers ``k`` neighbours per
-    point (DGCNN's EdgeConv, :meth:`~bottleneck_pointcloud.models.NodeSplitEdgeConv.forward_neighbours`)
+    point (DGCNN's EdgeConv, ``NodeSplitEdgeConv(x, neighbours=table)``)
     reads it as it is: no ``[2, k N]`` edge index to build and split, no check that its
     centres come in groups of ``k``. Pure torch: ``torch_cluster`` returns edges, and a
     caller that prefers it uses :func:`knn_graph`.

@@ -224,7 +224,7 @@ def test_node_split_edge_conv_one_layer_eval_equals_edge_conv(act: str, act_firs
 
 @pytest.mark.parametrize("training", [True, False])
 def test_node_split_edge_conv_takes_a_neighbour_table(training: bool) -> None:
-    """``forward_neighbours(x, table)`` is EdgeConv on the edges ``(table[i, j], i)``: the same
+    """``conv(x, neighbours=table)`` is EdgeConv on the edges ``(table[i, j], i)``: the same
     outputs and gradients, in training (BatchNorm over the edges) and in eval (the fused path)."""
     torch.manual_seed(0)
     x = torch.randn(90, 8)
@@ -237,7 +237,7 @@ def test_node_split_edge_conv_takes_a_neighbour_table(training: bool) -> None:
     split(torch.randn(90, 8), edge_index)  # running statistics that differ from the initial ones
     split.train(training)
     reference.train(training)
-    _assert_same_function(mlp, x, lambda v: split.forward_neighbours(v, table), lambda v: reference(v, edge_index))
+    _assert_same_function(mlp, x, lambda v: split(v, neighbours=table), lambda v: reference(v, edge_index))
 
 
 def test_node_split_edge_conv_refuses_a_table_that_is_not_one() -> None:
@@ -246,13 +246,18 @@ def test_node_split_edge_conv_refuses_a_table_that_is_not_one() -> None:
     for bad in (torch.zeros(9, 3, dtype=torch.long), torch.zeros(10, 3), torch.zeros(30, dtype=torch.long),
                 torch.zeros(10, 0, dtype=torch.long)):
         with pytest.raises(BottleneckError, match=r"torch.long \[N, k\] table with N = 10 rows"):
-            conv.forward_neighbours(x, bad)
+            conv(x, neighbours=bad)
+    edge_index = torch.zeros(2, 3, dtype=torch.long)
+    for edges, table in ((None, None), (edge_index, torch.zeros(10, 3, dtype=torch.long))):
+        with pytest.raises(BottleneckError, match="edge_index or neighbours"):
+            conv(x, edges, neighbours=table)
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_dgcnn_neighbour_tables_give_what_its_edges_give(training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every cloud has more than k points: DGCNN takes each layer's neighbours as a table (three
-    searches), and its logits and gradients are those of the edge path it takes otherwise."""
+    searches, each conv called as a module, hooks and all), and its logits and gradients are
+    those of the edge path it takes otherwise."""
     torch.manual_seed(0)
     model = DGCNN(NUM_CLASSES, k=4, hidden=16)
     batch = _ragged_batch(6)
@@ -270,11 +275,14 @@ def test_dgcnn_neighbour_tables_give_what_its_edges_give(training: bool, monkeyp
         out.square().sum().backward()
         return out.detach(), [p.grad.clone() for p in model.parameters()]
 
+    hooked: list[int] = []  # the convs run through their call: forward hooks see them (a mask at convs.2)
+    for i, conv in enumerate(model.convs):
+        conv.register_forward_hook(lambda module, args, out, i=i: hooked.append(i))
     with_tables = logits_and_grads()
-    assert searches == ["table"] * 3
+    assert searches == ["table"] * 3 and hooked == [0, 1, 2]
     monkeypatch.setattr(models, "HAS_TORCH_CLUSTER", True)  # where torch_cluster is installed: edges
     with_edges = logits_and_grads()
-    assert searches == ["table"] * 3 + ["edges"] * 3
+    assert searches == ["table"] * 3 + ["edges"] * 3 and hooked == [0, 1, 2] * 2
     torch.testing.assert_close(with_tables[0], with_edges[0], rtol=1e-5, atol=1e-5)
     for mine, theirs in zip(with_tables[1], with_edges[1], strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)

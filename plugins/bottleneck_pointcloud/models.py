@@ -172,8 +172,20 @@ class NodeSplitEdgeConv(EdgeConv):
         #: were folded from; reused without autograd while none of those tensors changed
         self._folded: tuple[tuple[Any, ...], _FoldedWeights] | None = None
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # type: ignore[override]
-        """Per-node outputs [N, H] for node features ``x`` [N, C] and ``edge_index`` (source, target)."""
+    def forward(self, x: Tensor, edge_index: Tensor | None = None, *,  # type: ignore[override]
+                neighbours: Tensor | None = None) -> Tensor:
+        """Per-node outputs [N, H] for node features ``x`` [N, C] and the edges into each node.
+
+        The edges are ``edge_index`` (source, target), as PyG's ``EdgeConv`` takes them,
+        or ``neighbours``, an ``[N, k]`` table of the ``k`` sources of each node
+        (:func:`~bottleneck.neighbors.knn_neighbours`): the edges ``(neighbours[i, j], i)``
+        without the ``[2, kN]`` index and without the check that its targets come in
+        groups of ``k``. Either way through the module's call, so its hooks run.
+        """
+        if (edge_index is None) == (neighbours is None):
+            raise BottleneckError("NodeSplitEdgeConv takes edge_index or neighbours (an [N, k] table), one of them")
+        if neighbours is not None:
+            return self._from_table(x, neighbours)
         mlp: MLP = self.nn
         channels = x.shape[-1]
         source, target = edge_index
@@ -182,7 +194,7 @@ class NodeSplitEdgeConv(EdgeConv):
         # more than k points): the targets are segments of one size in order
         degree = equal_segments(target, num_nodes)
         if degree is not None:
-            return self.forward_neighbours(x, source.reshape(num_nodes, degree))
+            return self._from_table(x, source.reshape(num_nodes, degree))
         folded = None if self.training else self._folded_weights(channels)
         if folded is not None:
             return _fused_max(mlp, x, folded, edge_index=edge_index)
@@ -191,14 +203,10 @@ class NodeSplitEdgeConv(EdgeConv):
         h = _mlp_after_first_linear(mlp, h)
         return scatter(h, target, dim=0, dim_size=num_nodes, reduce="max")
 
-    def forward_neighbours(self, x: Tensor, neighbours: Tensor) -> Tensor:
-        """Per-node outputs [N, H] when node ``i`` receives edges from the nodes ``neighbours[i]`` ([N, k]).
-
-        The same as :meth:`forward` with the edges ``(neighbours[i, j], i)`` grouped by
-        target, for a caller that has the neighbours as a table
-        (:func:`~bottleneck.neighbors.knn_neighbours`): the maximum is taken over an
-        ``[N, k, H]`` view and the per-target terms are broadcast, not gathered.
-        """
+    def _from_table(self, x: Tensor, neighbours: Tensor) -> Tensor:
+        """:meth:`forward` when node ``i`` receives edges from the nodes ``neighbours[i]`` ([N, k]):
+        the maximum is taken over an ``[N, k, H]`` view and the per-target terms are
+        broadcast, not gathered."""
         if not isinstance(neighbours, Tensor) or neighbours.dim() != 2 or neighbours.shape[0] != x.shape[0] \
                 or neighbours.shape[1] < 1 or neighbours.dtype != torch.long:
             raise BottleneckError(
@@ -490,7 +498,7 @@ class DGCNN(nn.Module):
         outs = []
         for conv in self.convs:
             if as_table and isinstance(conv, NodeSplitEdgeConv):
-                h = conv.forward_neighbours(h, knn_neighbours(h.detach(), self.k, layout=layout, nearest_first=False))
+                h = conv(h, neighbours=knn_neighbours(h.detach(), self.k, layout=layout, nearest_first=False))
             else:
                 h = conv(h, knn_graph(h.detach(), self.k, batch, loop=False, nearest_first=False, layout=layout))
             outs.append(h)
