@@ -160,10 +160,11 @@ class NodeSplitEdgeConv(EdgeConv):
     over edges) keeps the per-edge path.
 
     When every node receives the same number ``k`` of edges, grouped by target (a kNN
-    graph whose samples all have more than ``k`` points), the maximum is taken over a
-    ``[N, k, H]`` view instead of a scatter, and the per-target terms are broadcast, not
-    gathered: the max took about 50 instead of 150 us on the 64-wide layers of the bench
-    batch's kept quarter (1.5k points, k=16, 2 CPU cores).
+    graph whose samples all have more than ``k`` points), or the edges come as an
+    ``[N, k]`` table (``neighbours=``), the maximum is taken over a ``[N, k, H]`` view
+    instead of a scatter, and the per-target terms are broadcast, not gathered: the max
+    took about 50 instead of 150 us on the 64-wide layers of the bench batch's kept
+    quarter (1.5k points, k=16, 2 CPU cores).
     """
 
     def __init__(self, mlp: MLP) -> None:
@@ -450,7 +451,10 @@ class DGCNN(nn.Module):
     shared layer (linear, BatchNorm over edges, ReLU) on ``[x_i, x_j - x_i]`` as in the
     paper's classification network (widths ``h, h, 2h``; the paper's are 64, 64, 128,
     256). The kNN graph (``k`` neighbours, within each sample) is recomputed from the
-    features of each layer's input -- coordinates first, then learned features. The
+    features of each layer's input -- coordinates first, then learned features -- and
+    comes as an ``[N, k]`` neighbour table when every sample has more than ``k`` points
+    (:func:`~bottleneck.neighbors.knn_neighbours`; edges otherwise, and where
+    ``torch_cluster`` is installed). The
     concatenated layer outputs go through a per-point MLP, a global max pool and a
     classifier with dropout.
 
