@@ -318,7 +318,8 @@ def _may_overflow(magnitude: float, dim: int, dtype: torch.dtype) -> bool:
     The expansion ``|y|^2 - 2 y.x + |x|^2`` of centred points is at most ``16 dim m^2``
     (differences of ``2 m`` per coordinate; centring at most doubles ``m``): a factor of 4
     to spare below the type's largest value. Only for coordinates beyond about 1e17
-    (float32), where the search then masks what is not finite.
+    (float32), whose distances are then taken in float64 (:func:`_distance_dtype`), and
+    beyond about 1e150 (float64), where the search keeps only the finite ones.
     """
     return 64 * dim * magnitude * magnitude >= torch.finfo(dtype).max
 
@@ -571,9 +572,15 @@ def _budget_elems(device: torch.device, dtype: torch.dtype, budget_bytes: int | 
     return max(1, budget_bytes // dtype.itemsize)
 
 
-def _distance_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Distances are accumulated in at least single precision."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+def _distance_dtype(dtype: torch.dtype, magnitude: float, dim: int, device: torch.device) -> torch.dtype:
+    """What distances are accumulated in: at least single precision, and double where the squared
+    distances of ``dim``-dimensional points of coordinates up to ``magnitude`` could overflow single
+    (beyond about 1e17), so that such points still get their true neighbours (MPS has no double)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    if dtype != torch.float64 and device.type != "mps" and _may_overflow(magnitude, dim, dtype):
+        return torch.float64
+    return dtype
 
 
 def _knn_torch(
@@ -601,7 +608,8 @@ def _knn_torch(
     if n == 0 or m == 0:
         return empty, empty
 
-    dtype = _distance_dtype(torch.promote_types(x.dtype, y.dtype))
+    dtype = _distance_dtype(torch.promote_types(x.dtype, y.dtype), magnitude, x.shape[1], device)
+    overflow = _may_overflow(magnitude, x.shape[1], dtype)
 
     if layout is not None:
         num_samples = layout.num_samples
@@ -659,16 +667,18 @@ def _knn_torch(
             local = torch.arange(r, device=device)
             dist[local, local + (s - lo)] = math.inf
         kk = min(k, c)
-        _, idx = torch.topk(dist, kk, dim=1, largest=False, sorted=nearest_first)
+        best, idx = torch.topk(dist, kk, dim=1, largest=False, sorted=nearest_first)
         row = torch.arange(s, e, device=device).unsqueeze(1).expand(r, kk)
         col = idx + lo
         # Drop what the chunk's masks let through: other samples' points (for queries
         # whose sample has fewer than k candidates) and the query itself.
         keep: Tensor | None = None
-        if spans:  # then batch_y is not None; batch_x None means every x is in sample 0
+        if overflow:  # real distances may be inf too: only finite picks are neighbours
+            keep = torch.isfinite(best)  # (the query itself and other samples' points are inf)
+        elif spans:  # then batch_y is not None; batch_x None means every x is in sample 0
             bx = batch_x[col] if batch_x is not None else torch.zeros_like(col)
             keep = bx == batch_y[s:e].unsqueeze(1)
-        if exclude_self and (spans or kk == c):  # self is inf: picked only among infs
+        if exclude_self and not overflow and (spans or kk == c):  # self is inf: picked only among infs
             keep = col != row if keep is None else keep & (col != row)
         if keep is None:
             rows_out.append(row.reshape(-1))
@@ -825,7 +835,7 @@ def knn_neighbours(
         it may be), never a point of another sample.
     :raises BottleneckError: on invalid inputs, a sample with at most ``k`` points (use
         :func:`knn_graph`, which links them to all the others), or coordinates so large
-        that their squared distances overflow.
+        (beyond about 1e150) that their squared distances overflow even in float64.
     """
     pos, magnitude = _checked_points(pos, "pos")
     k = _check_k(k)
@@ -843,7 +853,7 @@ def knn_neighbours(
             f"{layout.num_samples} samples has {layout.fewest}: use knn_graph, which links the points "
             "of a small sample to all the others"
         )
-    dtype = _distance_dtype(pos.dtype)
+    dtype = _distance_dtype(pos.dtype, magnitude, pos.shape[1], pos.device)
     if _may_overflow(magnitude, pos.shape[1], dtype):
         raise BottleneckError(
             f"pos {describe(pos)} has coordinates up to {magnitude:.3g}: their squared distances may "

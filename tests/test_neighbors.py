@@ -641,7 +641,8 @@ def test_sample_layout_caches_the_blocked_search_indices():
         (lambda: knn_neighbours(_points(13, 3, 0, False), 5, _batch([8, 5])),
          "more than k=5 points in every sample; the smallest of the 2 samples has 5"),
         (lambda: knn_neighbours(_points(5, 3, 0, False), 5), "the smallest of the 1 samples has 5"),
-        (lambda: knn_neighbours(torch.tensor([[1e30, 0.0], [0.0, 0.0], [1.0, 1.0]]), 1), "overflow"),
+        (lambda: knn_neighbours(torch.tensor([[1e200, 0.0], [0.0, 0.0], [1.0, 1.0]], dtype=torch.float64), 1),
+         "overflow"),
         (lambda: knn_neighbours(torch.tensor([[0.0, math.nan], [1.0, 1.0]]), 1), "finite"),
         (lambda: knn_neighbours(_points(11, 3, 0, False), 3, layout=nb.SampleLayout.of(_batch([5, 5]))),
          "describes 10 points"),
@@ -702,6 +703,30 @@ def test_blocked_knn_with_overflowing_distances_links_only_real_points():
     assert edge is not None
     centre, nbr = edge
     assert not bool((centre == nbr).any()) and bool((batch[centre] == batch[nbr]).all())
+
+
+@pytest.mark.parametrize("counts", [[6, 7, 6], [400]], ids=["blocked", "chunked"])
+def test_coordinates_whose_squares_overflow_float32_are_measured_in_float64(counts):
+    """Float32 points near 1e25 have squared distances beyond float32's range: they are measured in
+    float64, so they get the neighbours their float64 copy gets, k each, never themselves (the
+    chunked search used to pick a point as its own neighbour among the infinite distances)."""
+    batch = _batch(counts)
+    pos = _points(len(batch), 3, 0, False) * 1e25
+    edge = knn_graph(pos, 3, batch, use_cluster=False)
+    assert torch.equal(edge, knn_graph(pos.double(), 3, batch, use_cluster=False))
+    assert edge.shape[1] == 3 * len(batch) and not bool((edge[0] == edge[1]).any())
+    assert torch.equal(knn_neighbours(pos, 3, batch).reshape(-1), edge[0])
+
+
+def test_distances_beyond_float64_keep_only_finite_neighbours():
+    """Beyond float64's range (about 1e150) every distance is infinite: no neighbour is defined, and
+    the chunked search links nothing rather than a point to itself or to an arbitrary point."""
+    pos = torch.tensor([[1e200, 0.0], [-1e200, 0.0], [0.0, 1e200], [0.0, -1e200]], dtype=torch.float64)
+    assert knn_graph(pos, 2, use_cluster=False).shape == (2, 0)
+    near = torch.cat([pos, torch.tensor([[1.0, 1.0], [1.0, 2.0]], dtype=torch.float64)])
+    edge = knn_graph(near, 1, use_cluster=False)
+    assert not bool((edge[0] == edge[1]).any())
+    assert sorted(map(tuple, edge.t().tolist())) == [(4, 5), (5, 4)]  # the two near points, at a finite distance
 
 
 def test_blocked_knn_declines_very_ragged_batches():
