@@ -673,12 +673,13 @@ def _knn_torch(
         # Drop what the chunk's masks let through: other samples' points (for queries
         # whose sample has fewer than k candidates) and the query itself.
         keep: Tensor | None = None
-        if overflow:  # real distances may be inf too: only finite picks are neighbours
-            keep = torch.isfinite(best)  # (the query itself and other samples' points are inf)
-        elif spans:  # then batch_y is not None; batch_x None means every x is in sample 0
+        if spans:  # then batch_y is not None; batch_x None means every x is in sample 0
             bx = batch_x[col] if batch_x is not None else torch.zeros_like(col)
             keep = bx == batch_y[s:e].unsqueeze(1)
-        if exclude_self and not overflow and (spans or kk == c):  # self is inf: picked only among infs
+        if overflow:  # real distances may be inf too: only finite picks are neighbours (never self, at inf)
+            finite = torch.isfinite(best)
+            keep = finite if keep is None else keep & finite
+        elif exclude_self and (spans or kk == c):  # self is inf: picked only among infs
             keep = col != row if keep is None else keep & (col != row)
         if keep is None:
             rows_out.append(row.reshape(-1))

@@ -727,6 +727,11 @@ def test_distances_beyond_float64_keep_only_finite_neighbours():
     edge = knn_graph(near, 1, use_cluster=False)
     assert not bool((edge[0] == edge[1]).any())
     assert sorted(map(tuple, edge.t().tolist())) == [(4, 5), (5, 4)]  # the two near points, at a finite distance
+    # a query whose sample has no candidates gets none, even where a chunk spans two samples
+    x = torch.tensor([[1e200, 0.0], [0.0, 1e200], [1.0, 1.0]], dtype=torch.float64)  # all of sample 0
+    y = torch.tensor([[1.0, 2.0], [1.0, 1.5]], dtype=torch.float64)
+    found = knn(x, y, 2, None, torch.tensor([0, 1]), use_cluster=False, chunk_size=2)
+    assert found.t().tolist() == [[0, 2]]
 
 
 def test_blocked_knn_declines_very_ragged_batches():
