@@ -185,7 +185,13 @@ class NodeSplitEdgeConv(EdgeConv):
         """
         if (edge_index is None) == (neighbours is None):
             raise BottleneckError("NodeSplitEdgeConv takes edge_index or neighbours (an [N, k] table), one of them")
-        if neighbours is not None:
+        if neighbours is not None:  # a caller's table is checked; one made from edge_index is sound
+            if not isinstance(neighbours, Tensor) or neighbours.dim() != 2 or neighbours.shape[0] != x.shape[0] \
+                    or neighbours.shape[1] < 1 or neighbours.dtype != torch.long:
+                raise BottleneckError(
+                    f"neighbours must be a torch.long [N, k] table with N = {x.shape[0]} rows (one per node of x) "
+                    f"and k >= 1; got {describe(neighbours)}"
+                )
             return self._from_table(x, neighbours)
         mlp: MLP = self.nn
         channels = x.shape[-1]
@@ -208,12 +214,6 @@ class NodeSplitEdgeConv(EdgeConv):
         """:meth:`forward` when node ``i`` receives edges from the nodes ``neighbours[i]`` ([N, k]):
         the maximum is taken over an ``[N, k, H]`` view and the per-target terms are
         broadcast, not gathered."""
-        if not isinstance(neighbours, Tensor) or neighbours.dim() != 2 or neighbours.shape[0] != x.shape[0] \
-                or neighbours.shape[1] < 1 or neighbours.dtype != torch.long:
-            raise BottleneckError(
-                f"neighbours must be a torch.long [N, k] table with N = {x.shape[0]} rows (one per node of x) "
-                f"and k >= 1; got {describe(neighbours)}"
-            )
         mlp: MLP = self.nn
         num_nodes, degree = neighbours.shape
         folded = None if self.training else self._folded_weights(x.shape[-1])
