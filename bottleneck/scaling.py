@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child-layer", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steady-heap", action="store_true", help="time the mask layer with a steady heap")
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the figures to this file (stdout has progress lines too)")
     args = parser.parse_args(argv)
     if args.threads:
         use_threads(args.threads)
@@ -208,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_knn:
         print(json.dumps(knn_child(args.child_knn, args.device)))
         return 0
-    print(json.dumps(run_scaling(args.device, repeats=args.repeats, hold_heap=args.steady_heap), indent=2))
+    text = json.dumps(run_scaling(args.device, repeats=args.repeats, hold_heap=args.steady_heap), indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as out:
+            out.write(text + "\n")
     return 0
 
 

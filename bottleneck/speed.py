@@ -353,6 +353,55 @@ def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+#: Settings that must agree for reports to be merged: figures from different devices,
+#: library versions or timing rounds are not one table.
+MERGE_MUST_AGREE = ("device", "device_name", "torch", "threads", "repeats", "warmup", "seed")
+
+
+def merge_reports(reports: list[dict[str, Any]], scaling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One report from several ``bench speed`` runs over different models, claims recomputed.
+
+    A lent GPU machine is held for minutes, so the CUDA bench runs one model group per
+    process (``benchmarks/cuda_check.sh``): a group that fails or runs out of time loses
+    only its own figures. ``scaling`` is the JSON of ``python -m bottleneck.scaling``
+    where no run had a scaling section. Raises :class:`BottleneckError` where two runs
+    measured the same model, where their settings in :data:`MERGE_MUST_AGREE` differ, or
+    where more than one scaling section is given.
+    """
+    if not reports:
+        raise BottleneckError("merge_reports needs at least one report")
+    first = reports[0]["settings"]
+    for report in reports[1:]:
+        differing = {key: (first.get(key), report["settings"].get(key)) for key in MERGE_MUST_AGREE
+                     if report["settings"].get(key) != first.get(key)}
+        if differing:
+            raise BottleneckError(f"reports to merge were measured under different settings: {differing}")
+    merged: dict[str, Any] = {"train_overhead": {}, "sparse_speedup": {}, "explain_overhead": {},
+                              "scaling": None, "details": {"train": {}, "explain": {}, "sparse": {}}}
+    cases: dict[str, Any] = {}
+    targets: dict[str, float] = {}
+    for report in reports:
+        names = set(report["details"]["train"])
+        repeated = sorted(names & set(merged["details"]["train"]))
+        if repeated:
+            raise BottleneckError(f"models {repeated} are in more than one report")
+        for section in ("train_overhead", "sparse_speedup", "explain_overhead"):
+            merged[section].update(report[section])
+        for part in ("train", "explain", "sparse"):
+            merged["details"][part].update(report["details"][part])
+        cases.update(report["settings"]["cases"])
+        targets.update({key.removeprefix("sparse_speedup_"): claim["target"]
+                        for key, claim in report["claims"].items() if key.startswith("sparse_speedup_")})
+    sections = [report["scaling"] for report in reports if report.get("scaling")] + ([scaling] if scaling else [])
+    if len(sections) > 1:
+        raise BottleneckError(f"{len(sections)} scaling sections to merge; give one")
+    merged["scaling"] = sections[0] if sections else None
+    merged["claims"] = claims(merged, targets)
+    merged["settings"] = {**first, "cases": cases, "merged_runs": len(reports)}
+    merged["seconds"] = sum(report["seconds"] for report in reports)
+    return merged
+
+
 def _environment(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {"device": str(device), "device_name": name, "torch": torch.__version__,

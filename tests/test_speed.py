@@ -299,3 +299,50 @@ def test_sparse_timing_child_times_each_keep_and_reports_its_failure() -> None:
     assert set(times) == {"dense", "0.5", "1.0"} and all(len(v) == 3 and min(v) > 0 for v in times.values())
     with pytest.raises(BottleneckError, match=r"sparse timing child process failed(.|\n)*AttributeError"):
         time_sparse_in_child(dense, dense, batch, (0.5,), 2, 0, torch.device("cpu"), hold_heap=False)
+
+
+def _part(report: dict, models: set[str], *, with_scaling: bool) -> dict:
+    """The report a ``bench speed --models`` run over ``models`` alone would have written."""
+    part = {section: {name: value for name, value in report[section].items() if name in models}
+            for section in ("train_overhead", "sparse_speedup", "explain_overhead")}
+    part["details"] = {key: {name: value for name, value in report["details"][key].items() if name in models}
+                       for key in report["details"]}
+    part["scaling"] = report["scaling"] if with_scaling else None
+    part["claims"] = {key: claim for key, claim in report["claims"].items()
+                      if not key.startswith("sparse_speedup_") or key.removeprefix("sparse_speedup_") in models}
+    part["settings"] = {**report["settings"],
+                        "cases": {n: c for n, c in report["settings"]["cases"].items() if n in models}}
+    part["seconds"] = report["seconds"] / 2
+    return part
+
+
+def test_merged_reports_give_the_one_run_report_and_its_claims(report: dict, tmp_path) -> None:
+    from bottleneck.speed import merge_reports
+
+    points, rest = _part(report, {"PointNet"}, with_scaling=False), _part(report, {"BERT", "CNN", "CNN-8"},
+                                                                          with_scaling=False)
+    merged = merge_reports([points, rest], scaling=report["scaling"])
+    for key in ("train_overhead", "sparse_speedup", "explain_overhead", "details", "scaling", "claims"):
+        assert merged[key] == report[key], key
+    assert merged["settings"]["cases"] == report["settings"]["cases"] and merged["settings"]["merged_runs"] == 2
+    assert markdown(merged).splitlines()[1:] == markdown(report).splitlines()[1:]
+
+    with pytest.raises(BottleneckError, match=r"models \['PointNet'\] are in more than one report"):
+        merge_reports([points, points])
+    other = {**rest, "settings": {**rest["settings"], "device": "cuda:0"}}
+    with pytest.raises(BottleneckError, match="different settings.*'device': \\('cpu', 'cuda:0'\\)"):
+        merge_reports([points, other])
+    with pytest.raises(BottleneckError, match="2 scaling sections"):
+        merge_reports([points, _part(report, {"BERT"}, with_scaling=True)], scaling=report["scaling"])
+
+    files = []
+    for i, part in enumerate((points, rest)):
+        files.append(tmp_path / f"part{i}.json")
+        files[-1].write_text(json.dumps(part))
+    (tmp_path / "scaling.json").write_text(json.dumps(report["scaling"]))
+    done = subprocess.run([sys.executable, "benchmarks/merge_speed.py", *map(str, files), "--scaling",
+                           str(tmp_path / "scaling.json"), "--json", str(tmp_path / "all.json"), "--markdown",
+                           str(tmp_path / "all.md")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "all.json").read_text())["claims"] == report["claims"]
+    assert "| PointNet |" in (tmp_path / "all.md").read_text()
