@@ -980,11 +980,32 @@ def _take(values: Tensor, index: Tensor) -> Tensor:
     return values.index_select(0, index.reshape(-1)).view(index.shape)
 
 
-def _curve_order(cells: Tensor, batch: Tensor, axes: tuple[int, int, int]) -> Tensor:
-    """Permutation sorting points by (sample, Z-order key of ``cells`` read in ``axes`` order)."""
-    key = _spread_bits(cells[:, axes[0]]) | (_spread_bits(cells[:, axes[1]]) << 1)
-    key = key | (_spread_bits(cells[:, axes[2]]) << 2)
-    return torch.argsort((batch << (3 * _CURVE_BITS)) | key)
+#: :func:`_spread_bits` of every cell index, per device (:func:`_spread_table`).
+_SPREAD_TABLES: dict[torch.device, Tensor] = {}
+
+
+def _spread_table(device: torch.device) -> Tensor:
+    """``[2**_CURVE_BITS]`` :func:`_spread_bits` of every cell index, made once per device.
+
+    A point's three spread cells are then one gather, where spreading them took twelve
+    tensor operations per coordinate and curve: on a GPU each is a kernel launch, and
+    the small models' steps are bound by launches, not arithmetic.
+    """
+    table = _SPREAD_TABLES.get(device)
+    if table is None:
+        table = _spread_bits(torch.arange(2**_CURVE_BITS)).to(device)
+        _SPREAD_TABLES[device] = table
+    return table
+
+
+def _curve_order(spread: Tensor, sample_key: Tensor, axes: tuple[int, int, int]) -> Tensor:
+    """Permutation sorting points by (sample, Z-order key of the cells read in ``axes`` order).
+
+    :param spread: ``[N, 3]`` spread cells (:func:`_spread_table` of each coordinate's cell).
+    :param sample_key: ``[N]`` each point's sample id shifted above the key's ``3 * _CURVE_BITS`` bits.
+    """
+    key = spread[:, axes[0]] | (spread[:, axes[1]] << 1) | (spread[:, axes[2]] << 2)
+    return torch.argsort(sample_key | key)
 
 
 def serial_knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, *, window: int | None = None) -> Tensor:
@@ -1024,12 +1045,15 @@ def serial_knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, *, window
     span = scatter(pts, batch, 0, dim_size=num_samples, reduce="max")[batch] - low
     scale = (2**_CURVE_BITS - 1) / span.amax(-1, keepdim=True).clamp(min=1e-12)
     cells = ((pts - low) * scale).long().clamp_(0, 2**_CURVE_BITS - 1)
+    spread = _take(_spread_table(device), cells)
+    sample_key = batch << (3 * _CURVE_BITS)
+    positions = torch.arange(n, device=device)
     offsets = torch.cat([torch.arange(-window, 0, device=device), torch.arange(1, window + 1, device=device)])
     candidates, outside = [], []
     for axes in ((0, 1, 2), (2, 0, 1)):
-        order = _curve_order(cells, batch, axes)
+        order = _curve_order(spread, sample_key, axes)
         rank = torch.empty_like(order)
-        rank[order] = torch.arange(n, device=device)
+        rank[order] = positions
         at = rank.unsqueeze(1) + offsets  # [N, 2w] positions on the curve
         outside.append((at < 0) | (at >= n))
         candidates.append(_take(order, at.clamp_(0, n - 1)))
@@ -1040,7 +1064,7 @@ def serial_knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, *, window
     dist = (_take(coords[0], cand) - coords[0].unsqueeze(1)).square_()
     for axis in (1, 2):
         dist.add_((_take(coords[axis], cand) - coords[axis].unsqueeze(1)).square_())
-    centre = torch.arange(n, device=device).unsqueeze(1)
+    centre = positions.unsqueeze(1)
     invalid = torch.cat([outside[0], outside[1] | repeated], dim=1)
     invalid |= (_take(batch, cand) != batch.unsqueeze(1)) | (cand == centre)
     dist.masked_fill_(invalid, math.inf)
