@@ -80,6 +80,15 @@ class Gate(nn.Module, abc.ABC):
         the open probability; a gate whose open probability is 0/1 orders by something finer."""
         return self.expected_open(logits, batch, num_samples)
 
+    def gates_and_open(self, logits: Tensor, batch: Tensor | None = None, num_samples: int = 1, *,
+                       sample: bool) -> tuple[Tensor, Tensor]:
+        """The gates applied (:meth:`rsample` with ``sample``, else :meth:`deterministic`) and
+        :meth:`expected_open`, in that order: what :class:`~bottleneck.layer.MaskLayer` needs of
+        every gate in one call, so that a gate whose two share work does it once (the top-k
+        gate's per-sample selection)."""
+        gates = (self.rsample if sample else self.deterministic)(logits, batch, num_samples)
+        return gates, self.expected_open(logits, batch, num_samples)
+
     def rate(self, logits: Tensor) -> Tensor:
         """Per-unit rate penalty; zero for gates with a fixed budget."""
         return logits.new_zeros(logits.shape[0])
@@ -292,24 +301,39 @@ class TopKGate(Gate):
 
     name = "topk"
 
-    def _hard(self, logits: Tensor, batch: Tensor | None, num_samples: int) -> Tensor:
+    @staticmethod
+    def _one_sample(logits: Tensor, batch: Tensor | None, num_samples: int) -> tuple[Tensor, int]:
         if batch is None:
-            batch = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-            num_samples = 1
+            return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device), 1
+        return batch, num_samples
+
+    def _hard(self, logits: Tensor, batch: Tensor, num_samples: int) -> Tensor:
         return segment_topk_mask(logits.detach(), batch, num_samples, self.keep).to(logits.dtype)
 
+    @staticmethod
+    def _through(hard: Tensor, logits: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+        """``hard`` forward; the sigmoid's gradient backward, centred within each sample."""
+        return centred_per_sample(straight_through(hard, torch.sigmoid(logits)), batch, num_samples)
+
     def rsample(self, logits, batch=None, num_samples=1):
-        if batch is None:
-            batch = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-            num_samples = 1
-        gates = straight_through(self._hard(logits, batch, num_samples), torch.sigmoid(logits))
-        return centred_per_sample(gates, batch, num_samples)
+        batch, num_samples = self._one_sample(logits, batch, num_samples)
+        return self._through(self._hard(logits, batch, num_samples), logits, batch, num_samples)
 
     def deterministic(self, logits, batch=None, num_samples=1):
+        batch, num_samples = self._one_sample(logits, batch, num_samples)
         return self._hard(logits, batch, num_samples)
 
     def expected_open(self, logits, batch=None, num_samples=1):
         return self.rsample(logits, batch, num_samples)
+
+    def gates_and_open(self, logits, batch=None, num_samples=1, *, sample):
+        """One selection for both: the top-k of the same logits is the same mask. Each output
+        keeps its own straight-through branch, made in the order of the base class's two
+        calls, so that training sums the same gradients in the same order as before."""
+        batch, num_samples = self._one_sample(logits, batch, num_samples)
+        hard = self._hard(logits, batch, num_samples)
+        gates = self._through(hard, logits, batch, num_samples) if sample else hard
+        return gates, self._through(hard, logits, batch, num_samples)
 
     def ranking(self, logits, batch=None, num_samples=1):
         # the open probability is 0/1 here: rank by the sigmoid, so a sparse pass at another

@@ -138,11 +138,7 @@ class MaskLayer(nn.Module):
         batch, num_samples = units.batch, units.num_samples
         raw = self.scorer(units.x, units.batch, units.num_samples)
         logits, excess = self._bounded(raw)
-        if self.training:
-            gates = self.gate.rsample(logits, batch, num_samples)
-        else:
-            gates = self.gate.deterministic(logits, batch, num_samples)
-        p_open = self.gate.expected_open(logits, batch, num_samples)
+        gates, p_open = self.gate.gates_and_open(logits, batch, num_samples, sample=self.training)
         keep_rate = per_sample_mean(p_open, batch, num_samples)
         mean_keep = keep_rate.mean()
         smooth = smoothness_loss(p_open, units.edge_index, batch, num_samples)
@@ -177,8 +173,7 @@ class MaskLayer(nn.Module):
         batch, num_samples = units.batch, units.num_samples
         raw = self.scorer(units.x, batch, num_samples)
         logits = self._squeeze(raw.clamp(-self.logit_bound, self.logit_bound))
-        gates = self.gate.deterministic(logits, batch, num_samples)
-        p_open = self.gate.expected_open(logits, batch, num_samples)
+        gates, p_open = self.gate.gates_and_open(logits, batch, num_samples, sample=False)
         keep_rate = per_sample_mean(p_open, batch, num_samples)
         relevance = self.gate.ranking(self._squeeze(raw), batch, num_samples)
         return MaskResult(logits, gates, p_open, keep_rate, raw.new_zeros(()), {}, relevance)

@@ -145,3 +145,46 @@ def test_gate_options_reach_the_named_gate() -> None:
         MaskLayer("topk", keep=0.3, gate_options={"temperature": 0.5})
     with pytest.raises(BottleneckError, match="gate_options apply to a gate given by name"):
         MaskLayer(make_gate("topk", keep=0.3), keep=0.3, gate_options={"temperature": 0.5})
+
+
+@pytest.mark.parametrize("gate_name", [g.name for g in BUILTIN_GATES])
+@pytest.mark.parametrize("sample", [True, False])
+def test_gates_and_open_gives_the_separate_calls_values_and_gradients(gate_name: str, sample: bool) -> None:
+    counts = torch.tensor([7, 12, 3])
+    batch = torch.repeat_interleave(torch.arange(3), counts)
+    gate = make_gate(gate_name, keep=0.4)
+    shape = (22,) if gate.params_per_unit == 1 else (22, gate.params_per_unit)
+    base = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    weights = torch.randn(22, generator=torch.Generator().manual_seed(4))
+    results = []
+    for together in (False, True):
+        logits = base.clone().requires_grad_()
+        torch.manual_seed(0)  # the stochastic gates draw the same noise both ways
+        if together:
+            gates, p_open = gate.gates_and_open(logits, batch, 3, sample=sample)
+        else:
+            gates = (gate.rsample if sample else gate.deterministic)(logits, batch, 3)
+            p_open = gate.expected_open(logits, batch, 3)
+        ((gates * weights).sum() + (p_open * weights.flip(0)).sum()).backward()
+        results.append((gates.detach(), p_open.detach(), logits.grad))
+    for separate, together in zip(*results, strict=True):
+        assert torch.equal(separate, together)
+
+
+def test_the_top_k_gate_selects_once_per_mask_pass(monkeypatch) -> None:
+    """Its gates and its open probability are the same selection: a training step and an
+    inference pass each make it once (it was made twice, about 40 tensor operations each)."""
+    from bottleneck import gates as gates_module
+    from bottleneck.units import Units
+
+    calls: list[int] = []
+    real = gates_module.segment_topk_mask
+    monkeypatch.setattr(gates_module, "segment_topk_mask", lambda *a, **k: calls.append(1) or real(*a, **k))
+    counts = torch.tensor([7, 12, 3])
+    units = Units(x=torch.randn(22, 3), batch=torch.repeat_interleave(torch.arange(3), counts), num_samples=3)
+    layer = MaskLayer("topk", keep=0.4, in_features=3)
+    result = layer(units)
+    assert len(calls) == 1 and torch.equal(result.gates.detach(), result.p_open.detach())
+    assert torch.equal(torch.bincount(units.batch[result.gates.bool()], minlength=3), torch.tensor([3, 5, 2]))
+    layer.infer(units)
+    assert len(calls) == 2
