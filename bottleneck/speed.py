@@ -354,8 +354,9 @@ def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
 
 
 #: Settings that must agree for reports to be merged: figures from different devices,
-#: library versions or timing rounds are not one table.
-MERGE_MUST_AGREE = ("device", "device_name", "torch", "threads", "repeats", "warmup", "seed")
+#: library versions, timing rounds or timing processes are not one table.
+MERGE_MUST_AGREE = ("device", "device_name", "torch", "threads", "repeats", "warmup", "seed", "sparse_in_child",
+                    "sparse_processes")
 
 
 def merge_reports(reports: list[dict[str, Any]], scaling: dict[str, Any] | None = None) -> dict[str, Any]:
