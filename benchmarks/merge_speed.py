@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from bottleneck.cli import _write_outputs
 from bottleneck.speed import markdown, merge_reports
 
 
@@ -30,12 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     reports = [json.loads(path.read_text()) for path in args.reports]
     scaling = json.loads(args.scaling.read_text()) if args.scaling else None
     merged = merge_reports(reports, scaling)
-    args.json.write_text(json.dumps(merged, indent=2) + "\n")
-    text = markdown(merged, args.command)
-    if args.markdown:
-        args.markdown.write_text(text)
-    print(text)
-    return 0
+    return _write_outputs(args, merged, markdown(merged, args.command))
 
 
 if __name__ == "__main__":
