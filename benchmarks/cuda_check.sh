@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The checks a lent CUDA machine runs, most important first:
 #   tests       the device-fixture tests on the GPU (each also runs on the CPU in CI);
+#   profile     benchmarks/launch_profile.py: operations, kernel launches and host syncs
+#               per call, and the speed-ups on the bench's batch repeated 1, 8 and 64
+#               times (where sparse inference starts to pay on the GPU);
 #   text        `bottleneck bench speed --device cuda` for BERT and the BiLSTM,
 #   image       ... for the ViT and the CNNs,
 #   pointnet    ... for PointNet,
@@ -9,8 +12,10 @@
 #   scaling     the scaling section on CUDA (mask layer time, kNN time and peak memory).
 # Seconds each took on an NVIDIA H200 (2026-11-30, torch 2.11, 16 CPU threads): tests 99,
 # text 87, image 106, pointnet 144, dgcnn about 160, scaling over 70 (the 100k point did
-# not finish in 70 s). All of them do not fit one 600 s call: run STEPS="tests text image
-# pointnet" in one call and STEPS="dgcnn scaling" in the next, while the machine is warm.
+# not finish in 70 s); profile not yet run there. All of them take longer than one 600 s
+# call and than a session's 15 minutes of device time: pick with STEPS (for the launch
+# question, STEPS="tests profile" first), and split the rest over calls made while the
+# machine is warm.
 #
 # Usage: benchmarks/cuda_check.sh [OUT]   (default ./cuda_out; every output lands there)
 # STEPS (default all, in the order above), DEVICE (default cuda) and QUICK=1 (the bench's
@@ -23,7 +28,7 @@ set -u
 out=${1:-cuda_out}
 device=${DEVICE:-cuda}
 quick=${QUICK:+--quick}
-steps=${STEPS:-tests text image pointnet dgcnn scaling}
+steps=${STEPS:-tests profile text image pointnet dgcnn scaling}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -52,13 +57,15 @@ bench() {  # bench MODALITY MODELS: one model group of the speed bench
       tests) step 150 "device tests on $device" "$python" -m pytest -q -p no:cacheprovider -k cuda \
                tests/test_device_parity.py tests/test_compile_autocast.py tests/test_image_mask.py \
                tests/test_pointcloud_mask.py tests/test_text_models.py tests/test_neighbors.py ;;
+      profile) step 200 "launch profile on $device" "$python" benchmarks/launch_profile.py --device "$device" \
+                 --times 1,8,64 --repeats 11 --json "$out/launch_$device.json" ;;
       text) bench text BERT,BiLSTM ;;
       image) bench image ViT,CNN,CNN-8 ;;
       pointnet) bench pointcloud PointNet ;;
       dgcnn) bench pointcloud DGCNN ;;
       scaling) step 200 "scaling on $device" "$python" -m bottleneck.scaling --device "$device" \
                  --json "$out/scaling_$device.json" ;;
-      *) echo "unknown step $name (tests text image pointnet dgcnn scaling)"; exit 2 ;;
+      *) echo "unknown step $name (tests profile text image pointnet dgcnn scaling)"; exit 2 ;;
     esac
   done
 } 2>&1 | tee -a "$out/log.txt"

@@ -346,3 +346,23 @@ def test_merged_reports_give_the_one_run_report_and_its_claims(report: dict, tmp
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "all.json").read_text())["claims"] == report["claims"]
     assert "| PointNet |" in (tmp_path / "all.md").read_text()
+
+
+def test_launch_profile_times_and_counts_each_model_per_batch_size(tmp_path) -> None:
+    """``benchmarks/launch_profile.py``: the bench's models on repeated batches, each call's operations counted."""
+    out = tmp_path / "launch.json"
+    done = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models", "PointNet",
+                           "--times", "1,2", "--repeats", "2", "--warmup", "0", "--json", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [r["samples"] for r in results] == [32, 64]
+    for r in results:
+        assert r["speedup"] > 0 and r["train_overhead"] > 0
+        counts = r["counts"]
+        assert counts["sparse"]["ops"] > counts["dense"]["ops"] > 0  # the mask's work comes on top of the model's
+        assert counts["masked_step"]["ops"] > counts["plain_step"]["ops"] > 0
+    assert "| PointNet | 64 |" in done.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models", "LeNet"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--models ['LeNet'] not among" in bad.stderr

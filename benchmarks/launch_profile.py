@@ -1,0 +1,182 @@
+"""Where a small batch's time goes on a GPU: operations, kernel launches and host syncs per call, by batch size.
+
+On an H200 the bench's 32-sample batches ran every masked call slower than the
+dense model (``benchmarks/results/speed_cuda.md``): the masked training step cost
+7-11 ms more than the plain one whatever the model, and a sparse call 3.5-5.5 ms
+whatever it kept, because each of the mask's few hundred small tensor operations
+is a kernel launch. This script measures that directly, for the speed bench's four
+sparse models (built as the bench builds them, random weights: the work does not
+depend on them) on its timing batch repeated 1, 4, 16, ... times:
+
+* ``dense_ms`` / ``sparse_ms``: the dense forward and ``MaskedModel.sparse(keep=0.25)``,
+  interleaved (:func:`bottleneck.timing.interleaved`), medians; ``speedup`` their ratio;
+* ``plain_step_ms`` / ``masked_step_ms``: a training step (forward, backward) of the
+  plain model and of the jointly masked one; ``train_overhead`` their ratio;
+* per call, from one profiled call of each: ``ops`` (top-level ATen operations),
+  ``launches`` (CUDA kernel launches) and ``syncs`` (host waits on the GPU:
+  :data:`SYNC_CALLS`); launches and syncs are counted on CUDA only, by the names of
+  the CUDA runtime calls the profiler records (not yet checked on a GPU: a count of
+  0 launches there means the names differ).
+
+The batch size at which ``speedup`` passes 1 is where sparse inference starts to pay
+on that device. Prints a table and writes JSON::
+
+    python benchmarks/launch_profile.py --device cuda --times 1,4,16,64 --json launch_cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+from torch_geometric.data import Batch
+
+from bottleneck.speed import SpeedCase
+from bottleneck.timing import interleaved
+from bottleneck.train import _to, call_model
+from bottleneck.wrap import _logits_of, attach
+
+#: The CUDA runtime calls that make the host wait for the GPU (an ``.item()``, a ``.tolist()``
+#: or a data-dependent shape such as ``nonzero``'s copies to the host, then waits through one;
+#: a synchronous ``cudaMemcpy`` waits by itself).
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+#: Keep fraction of the sparse calls (the bench's target keep).
+KEEP = 0.25
+
+
+def bench_cases() -> list[SpeedCase]:
+    """The speed bench's PointNet, DGCNN, ViT and BERT cases, with the smallest training sets (never trained here)."""
+    from bottleneck_image.speed import prepare_speed as image_cases
+    from bottleneck_pointcloud.speed import prepare_speed as pointcloud_cases
+    from bottleneck_text.speed import prepare_speed as text_cases
+
+    cases = [*pointcloud_cases(quick=True, train_size=64, dgcnn_train_size=32, test_size=64),
+             *image_cases(quick=True, vit_epochs=1, joint_epochs=1, test_size=64),
+             *text_cases(quick=True, train_size=64, test_size=32, epochs=1, joint_epochs=1)]
+    return [case for case in cases if case.sparse_target is not None]
+
+
+def repeated(inputs: Any, times: int) -> Any:
+    """``inputs`` with its samples repeated ``times`` times: a larger batch of the same data."""
+    if times == 1:
+        return inputs
+    if isinstance(inputs, Batch):
+        return Batch.from_data_list(inputs.to_data_list() * times)
+    if isinstance(inputs, torch.Tensor):
+        return inputs.repeat(times, *([1] * (inputs.dim() - 1)))
+    if isinstance(inputs, dict):
+        return {key: repeated(value, times) for key, value in inputs.items()}
+    raise TypeError(f"cannot repeat a batch of {type(inputs).__name__}")
+
+
+def _count(fn: Callable[[], Any], device: torch.device) -> dict[str, int]:
+    """Top-level ATen operations of one call of ``fn``; on CUDA also its kernel launches and host syncs."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:  # leaving the profiler waits for the device
+        fn()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::")]
+    top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    counts = {"ops": len(top)}
+    if device.type == "cuda":
+        counts["launches"] = sum(e.name in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel",
+                                            "cuLaunchKernelEx") for e in events)
+        counts["syncs"] = sum(e.name in SYNC_CALLS for e in events)
+    return counts
+
+
+def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
+    """Timings and counts of one model on its timing batch repeated ``times`` times."""
+    torch.manual_seed(0)
+    inputs, targets = _to((repeated(case.batch[0], times), case.batch[1].repeat(times)), device)
+    plain = case.make_model().to(device)
+    # as the bench: the training step with the mask its overhead is timed with, the sparse
+    # call with the mask its sparse model is fine-tuned with
+    masked = attach(case.make_model(), case.modality, **case.attach_options).to(device)
+    sparse = attach(case.make_model(), case.modality, keep=KEEP,
+                    **{**case.attach_options, **case.joint_options}).to(device).eval()
+    with torch.no_grad():  # a mask builds its layers at its first call
+        masked.eval().explain(inputs)
+        sparse.sparse(inputs, keep=KEEP)
+
+    def plain_step() -> None:
+        plain.zero_grad(set_to_none=True)
+        F.cross_entropy(_logits_of(call_model(plain, inputs)), targets).backward()
+
+    def masked_step() -> None:
+        masked.zero_grad(set_to_none=True)
+        out = masked(inputs)
+        (F.cross_entropy(_logits_of(out.output), targets) + out.ib_loss).backward()
+
+    plain.eval()
+    with torch.no_grad():
+        inference = {"dense": lambda: call_model(plain, inputs), "sparse": lambda: sparse.sparse(inputs, keep=KEEP)}
+        times_s = interleaved(inference, repeats, warmup, device)
+        counts = {name: _count(fn, device) for name, fn in inference.items()}
+    plain.train()
+    masked.train()
+    steps = {"plain_step": plain_step, "masked_step": masked_step}
+    times_s.update(interleaved(steps, repeats, warmup, device))
+    counts.update({name: _count(fn, device) for name, fn in steps.items()})
+    ms = {name: 1000 * statistics.median(values) for name, values in times_s.items()}
+    samples = case.batch[1].numel() * times
+    return {"model": case.name, "samples": samples, **{f"{name}_ms": value for name, value in ms.items()},
+            "speedup": ms["dense"] / ms["sparse"], "train_overhead": ms["masked_step"] / ms["plain_step"],
+            "counts": counts}
+
+
+def _row(result: dict[str, Any]) -> str:
+    counts = result["counts"]
+
+    def cell(name: str) -> str:
+        c = counts[name]
+        return f"{c['ops']}" + (f" / {c['launches']} / {c['syncs']}" if "launches" in c else "")
+
+    return (f"| {result['model']} | {result['samples']} | {result['dense_ms']:.2f} | {result['sparse_ms']:.2f} | "
+            f"x{result['speedup']:.2f} | {result['plain_step_ms']:.2f} | {result['masked_step_ms']:.2f} | "
+            f"{result['train_overhead']:.2f} | {cell('dense')} | {cell('sparse')} | {cell('plain_step')} | "
+            f"{cell('masked_step')} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--times", default="1,4,16", help="batch repeats, comma-separated (1 = the bench's batch)")
+    parser.add_argument("--models", default="PointNet,DGCNN,ViT,BERT")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    wanted = [name.strip() for name in args.models.split(",")]
+    cases = {case.name: case for case in bench_cases()}
+    unknown = sorted(set(wanted) - set(cases))
+    if unknown:
+        parser.error(f"--models {unknown} not among {sorted(cases)}")
+    counted = "ops / launches / syncs" if device.type == "cuda" else "ops"
+    print(f"| model | samples | dense ms | sparse ms | speed-up | plain step ms | masked step ms | train overhead "
+          f"| dense {counted} | sparse {counted} | plain step {counted} | masked step {counted} |")
+    print("|---" * 12 + "|")
+    results = []
+    for name in wanted:
+        for times in (int(t) for t in args.times.split(",")):
+            results.append(profile_case(cases[name], times, device, args.repeats, args.warmup))
+            print(_row(results[-1]), flush=True)
+    if args.json:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        args.json.write_text(json.dumps({"device": str(device), "device_name": name, "torch": torch.__version__,
+                                         "threads": torch.get_num_threads(), "keep": KEEP,
+                                         "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
