@@ -55,8 +55,7 @@ bench() {  # bench MODALITY MODELS: one model group of the speed bench
   for name in $steps; do
     case $name in
       tests) step 150 "device tests on $device" "$python" -m pytest -q -p no:cacheprovider -k cuda \
-               tests/test_device_parity.py tests/test_compile_autocast.py tests/test_image_mask.py \
-               tests/test_pointcloud_mask.py tests/test_text_models.py tests/test_neighbors.py ;;
+               --continue-on-collection-errors tests/ ;;  # every test the device fixture gave a cuda id
       profile) step 200 "launch profile on $device" "$python" benchmarks/launch_profile.py --device "$device" \
                  --times 1,8,64 --repeats 11 --json "$out/launch_$device.json" ;;
       text) bench text BERT,BiLSTM ;;
