@@ -2,8 +2,9 @@
 # The checks a lent CUDA machine runs, most important first:
 #   tests       the device-fixture tests on the GPU (each also runs on the CPU in CI);
 #   profile     benchmarks/launch_profile.py: operations, kernel launches and host syncs
-#               per call, and the speed-ups on the bench's batch repeated 1, 8 and 64
-#               times (where sparse inference starts to pay on the GPU);
+#               per call (forward, sparse call, explanation, training steps) and their
+#               ratios on the bench's batch repeated 1, 8 and 64 times (where sparse
+#               inference starts to pay on the GPU);
 #   text        `bottleneck bench speed --device cuda` for BERT and the BiLSTM,
 #   image       ... for the ViT and the CNNs,
 #   pointnet    ... for PointNet,

@@ -4,12 +4,14 @@ On an H200 the bench's 32-sample batches ran every masked call slower than the
 dense model (``benchmarks/results/speed_cuda.md``): the masked training step cost
 7-11 ms more than the plain one whatever the model, and a sparse call 3.5-5.5 ms
 whatever it kept, because each of the mask's few hundred small tensor operations
-is a kernel launch. This script measures that directly, for the speed bench's four
-sparse models (built as the bench builds them, random weights: the work does not
+is a kernel launch. This script measures that directly, for the speed bench's six
+judged models (built as the bench builds them, random weights: the work does not
 depend on them) on its timing batch repeated 1, 4, 16, ... times:
 
-* ``dense_ms`` / ``sparse_ms``: the dense forward and ``MaskedModel.sparse(keep=0.25)``,
-  interleaved (:func:`bottleneck.timing.interleaved`), medians; ``speedup`` their ratio;
+* ``dense_ms`` / ``sparse_ms`` / ``explain_ms``: the dense forward, ``MaskedModel.sparse(keep=0.25)``
+  (the four models with a sparse target) and one explanation (the explain-mode mask, where
+  the bench puts it), interleaved (:func:`bottleneck.timing.interleaved`), medians;
+  ``speedup`` and ``explain_overhead`` their ratios to the dense forward;
 * ``plain_step_ms`` / ``masked_step_ms``: a training step (forward, backward) of the
   plain model and of the jointly masked one; ``train_overhead`` their ratio;
 * per call, from one profiled call of each: ``ops`` (top-level ATen operations),
@@ -53,7 +55,7 @@ KEEP = 0.25
 
 
 def bench_cases() -> list[SpeedCase]:
-    """The speed bench's PointNet, DGCNN, ViT and BERT cases, with the smallest training sets (never trained here)."""
+    """The speed bench's judged cases, with the smallest training sets (never trained here)."""
     from bottleneck_image.speed import prepare_speed as image_cases
     from bottleneck_pointcloud.speed import prepare_speed as pointcloud_cases
     from bottleneck_text.speed import prepare_speed as text_cases
@@ -61,7 +63,7 @@ def bench_cases() -> list[SpeedCase]:
     cases = [*pointcloud_cases(quick=True, train_size=64, dgcnn_train_size=32, test_size=64),
              *image_cases(quick=True, vit_epochs=1, joint_epochs=1, test_size=64),
              *text_cases(quick=True, train_size=64, test_size=32, epochs=1, joint_epochs=1)]
-    return [case for case in cases if case.sparse_target is not None]
+    return [case for case in cases if case.judged]
 
 
 def repeated(inputs: Any, times: int) -> Any:
@@ -101,11 +103,17 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
     # as the bench: the training step with the mask its overhead is timed with, the sparse
     # call with the mask its sparse model is fine-tuned with
     masked = attach(case.make_model(), case.modality, **case.attach_options).to(device)
-    sparse = attach(case.make_model(), case.modality, keep=KEEP,
-                    **{**case.attach_options, **case.joint_options}).to(device).eval()
+    explainer = attach(case.make_model().to(device).eval(), case.modality, mode="explain",
+                       **case.attach_options, **case.explain_options).to(device)
+    inference = {"dense": lambda: call_model(plain, inputs), "explain": lambda: explainer.explain(inputs)}
     with torch.no_grad():  # a mask builds its layers at its first call
         masked.eval().explain(inputs)
-        sparse.sparse(inputs, keep=KEEP)
+        explainer.explain(inputs)
+        if case.sparse_target is not None:
+            sparse = attach(case.make_model(), case.modality, keep=KEEP,
+                            **{**case.attach_options, **case.joint_options}).to(device).eval()
+            sparse.sparse(inputs, keep=KEEP)
+            inference["sparse"] = lambda: sparse.sparse(inputs, keep=KEEP)
 
     def plain_step() -> None:
         plain.zero_grad(set_to_none=True)
@@ -118,7 +126,6 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
 
     plain.eval()
     with torch.no_grad():
-        inference = {"dense": lambda: call_model(plain, inputs), "sparse": lambda: sparse.sparse(inputs, keep=KEEP)}
         times_s = interleaved(inference, repeats, warmup, device)
         counts = {name: _count(fn, device) for name, fn in inference.items()}
     plain.train()
@@ -129,7 +136,8 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
     ms = {name: 1000 * statistics.median(values) for name, values in times_s.items()}
     samples = case.batch[1].numel() * times
     return {"model": case.name, "samples": samples, **{f"{name}_ms": value for name, value in ms.items()},
-            "speedup": ms["dense"] / ms["sparse"], "train_overhead": ms["masked_step"] / ms["plain_step"],
+            "speedup": ms["dense"] / ms["sparse"] if "sparse" in ms else None,
+            "explain_overhead": ms["explain"] / ms["dense"], "train_overhead": ms["masked_step"] / ms["plain_step"],
             "counts": counts}
 
 
@@ -137,20 +145,23 @@ def _row(result: dict[str, Any]) -> str:
     counts = result["counts"]
 
     def cell(name: str) -> str:
-        c = counts[name]
+        c = counts.get(name)
+        if c is None:
+            return "—"
         return f"{c['ops']}" + (f" / {c['launches']} / {c['syncs']}" if "launches" in c else "")
 
-    return (f"| {result['model']} | {result['samples']} | {result['dense_ms']:.2f} | {result['sparse_ms']:.2f} | "
-            f"x{result['speedup']:.2f} | {result['plain_step_ms']:.2f} | {result['masked_step_ms']:.2f} | "
-            f"{result['train_overhead']:.2f} | {cell('dense')} | {cell('sparse')} | {cell('plain_step')} | "
-            f"{cell('masked_step')} |")
+    sparse = "— | —" if result["speedup"] is None else f"{result['sparse_ms']:.2f} | x{result['speedup']:.2f}"
+    return (f"| {result['model']} | {result['samples']} | {result['dense_ms']:.2f} | {sparse} | "
+            f"{result['explain_ms']:.2f} | {result['explain_overhead']:.2f} | {result['plain_step_ms']:.2f} | "
+            f"{result['masked_step_ms']:.2f} | {result['train_overhead']:.2f} | "
+            + " | ".join(cell(name) for name in ("dense", "sparse", "explain", "plain_step", "masked_step")) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--times", default="1,4,16", help="batch repeats, comma-separated (1 = the bench's batch)")
-    parser.add_argument("--models", default="PointNet,DGCNN,ViT,BERT")
+    parser.add_argument("--models", default="CNN,ViT,PointNet,DGCNN,BiLSTM,BERT")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -162,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--models {unknown} not among {sorted(cases)}")
     counted = "ops / launches / syncs" if device.type == "cuda" else "ops"
-    print(f"| model | samples | dense ms | sparse ms | speed-up | plain step ms | masked step ms | train overhead "
-          f"| dense {counted} | sparse {counted} | plain step {counted} | masked step {counted} |")
-    print("|---" * 12 + "|")
+    print(f"| model | samples | dense ms | sparse ms | speed-up | explain ms | explain overhead | plain step ms "
+          f"| masked step ms | train overhead | dense {counted} | sparse {counted} | explain {counted} "
+          f"| plain step {counted} | masked step {counted} |")
+    print("|---" * 15 + "|")
     results = []
     for name in wanted:
         for times in (int(t) for t in args.times.split(",")):

@@ -351,18 +351,23 @@ def test_merged_reports_give_the_one_run_report_and_its_claims(report: dict, tmp
 def test_launch_profile_times_and_counts_each_model_per_batch_size(tmp_path) -> None:
     """``benchmarks/launch_profile.py``: the bench's models on repeated batches, each call's operations counted."""
     out = tmp_path / "launch.json"
-    done = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models", "PointNet",
-                           "--times", "1,2", "--repeats", "2", "--warmup", "0", "--json", str(out)],
+    done = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models",
+                           "PointNet,CNN", "--times", "1,2", "--repeats", "2", "--warmup", "0", "--json", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())["results"]
-    assert [r["samples"] for r in results] == [32, 64]
+    assert [(r["model"], r["samples"]) for r in results] == [("PointNet", 32), ("PointNet", 64), ("CNN", 64),
+                                                              ("CNN", 128)]
     for r in results:
-        assert r["speedup"] > 0 and r["train_overhead"] > 0
+        assert r["train_overhead"] > 0 and r["explain_overhead"] > 0
         counts = r["counts"]
-        assert counts["sparse"]["ops"] > counts["dense"]["ops"] > 0  # the mask's work comes on top of the model's
         assert counts["masked_step"]["ops"] > counts["plain_step"]["ops"] > 0
-    assert "| PointNet | 64 |" in done.stdout
+        assert counts["explain"]["ops"] > 0
+        if r["model"] == "PointNet":  # the mask's work comes on top of the model's
+            assert r["speedup"] > 0 and counts["sparse"]["ops"] > counts["dense"]["ops"] > 0
+        else:  # a CNN cannot skip pixels: no sparse call
+            assert r["speedup"] is None and "sparse" not in counts
+    assert "| PointNet | 64 |" in done.stdout and "| CNN | 128 |" in done.stdout
     bad = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models", "LeNet"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--models ['LeNet'] not among" in bad.stderr
