@@ -177,16 +177,16 @@ def main(argv: list[str] | None = None) -> int:
           f"| masked step ms | train overhead | dense {counted} | sparse {counted} | explain {counted} "
           f"| plain step {counted} | masked step {counted} |")
     print("|---" * 15 + "|")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = []
     for name in wanted:
         for times in (int(t) for t in args.times.split(",")):
             results.append(profile_case(cases[name], times, device, args.repeats, args.warmup))
             print(_row(results[-1]), flush=True)
-    if args.json:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        args.json.write_text(json.dumps({"device": str(device), "device_name": name, "torch": torch.__version__,
-                                         "threads": torch.get_num_threads(), "keep": KEEP,
-                                         "results": results}, indent=2) + "\n")
+            if args.json:  # after every row: a run stopped by a time limit keeps what it measured
+                args.json.write_text(json.dumps({"device": str(device), "device_name": device_name,
+                                                 "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                                 "keep": KEEP, "results": results}, indent=2) + "\n")
     return 0
 
 
