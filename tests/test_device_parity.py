@@ -24,6 +24,7 @@ from bottleneck.layer import MaskLayer
 from bottleneck.neighbors import knn_graph, knn_neighbours
 from bottleneck.segment import segment_max, segment_sum, segment_topk_mask
 from bottleneck.train import _to, call_model
+from bottleneck.wrap import _logits_of
 from bottleneck_image.models import make_vit
 from bottleneck_pointcloud.models import DGCNN, PointNet
 from bottleneck_text.models import make_bert
@@ -76,10 +77,6 @@ def _masked(name: str) -> tuple[bottleneck.MaskedModel, Any, torch.Tensor]:
     return masked, inputs, labels
 
 
-def _logits(output: Any) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output.logits
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_sparse_path_on_the_device_keeps_the_cpu_units_and_logits(name: str, device: torch.device) -> None:
     masked, inputs, _ = _masked(name)
@@ -88,12 +85,12 @@ def test_sparse_path_on_the_device_keeps_the_cpu_units_and_logits(name: str, dev
     with torch.no_grad():
         expected = reference.sparse(inputs, keep=KEEP)
         got = masked.sparse(_to(inputs, device), keep=KEEP)
-    assert got.removed and _logits(got.output).device.type == device.type
+    assert got.removed and _logits_of(got.output).device.type == device.type
     assert torch.equal(got.kept.cpu(), expected.kept)
     counts = torch.bincount(expected.units.batch[expected.kept], minlength=expected.units.num_samples)
     assert torch.equal(counts, torch.ceil(KEEP * expected.units.counts().float()).long())
-    assert torch.isfinite(_logits(got.output)).all()
-    assert torch.allclose(_logits(got.output).cpu(), _logits(expected.output), atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(_logits_of(got.output)).all()
+    assert torch.allclose(_logits_of(got.output).cpu(), _logits_of(expected.output), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -112,7 +109,7 @@ def test_a_joint_training_step_on_the_device_reaches_mask_and_model(name: str, d
     masked, inputs, labels = _masked(name)
     masked = masked.to(device).train()
     out = masked(_to(inputs, device))
-    loss = nn.functional.cross_entropy(_logits(out.output), labels.to(device)) + out.ib_loss
+    loss = nn.functional.cross_entropy(_logits_of(out.output), labels.to(device)) + out.ib_loss
     assert torch.isfinite(loss)
     loss.backward()
     grads = {n: p.grad for n, p in masked.named_parameters() if p.grad is not None}
@@ -169,5 +166,5 @@ def test_call_model_runs_the_dense_models_on_the_device(device: torch.device) ->
         masked, inputs, labels = _masked(name)
         model = masked.model.to(device).eval()
         with torch.no_grad():
-            out = _logits(call_model(model, _to(inputs, device)))
+            out = _logits_of(call_model(model, _to(inputs, device)))
         assert out.shape == (labels.numel(), out.shape[1]) and torch.isfinite(out).all(), name
