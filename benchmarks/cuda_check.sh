@@ -3,7 +3,7 @@
 #   tests       the device-fixture tests on the GPU (each also runs on the CPU in CI);
 #   profile     benchmarks/launch_profile.py: operations, kernel launches and host syncs
 #               per call (forward, sparse call, explanation, training steps) and their
-#               ratios on the bench's batch repeated 1, 8 and 64 times (where sparse
+#               ratios on the bench's batch repeated 1, 4, 16 and 64 times (where sparse
 #               inference starts to pay on the GPU);
 #   text        `bottleneck bench speed --device cuda` for BERT and the BiLSTM,
 #   image       ... for the ViT and the CNNs,
@@ -57,8 +57,8 @@ bench() {  # bench MODALITY MODELS: one model group of the speed bench
     case $name in
       tests) step 150 "device tests on $device" "$python" -m pytest -q -p no:cacheprovider -k cuda \
                --continue-on-collection-errors tests/ ;;  # every test the device fixture gave a cuda id
-      profile) step 200 "launch profile on $device" "$python" benchmarks/launch_profile.py --device "$device" \
-                 --times 1,8,64 --repeats 11 --json "$out/launch_$device.json" ;;
+      profile) step 320 "launch profile on $device" "$python" benchmarks/launch_profile.py --device "$device" \
+                 --times 1,4,16,64 --repeats 11 --json "$out/launch_$device.json" ;;
       text) bench text BERT,BiLSTM ;;
       image) bench image ViT,CNN,CNN-8 ;;
       pointnet) bench pointcloud PointNet ;;

@@ -18,7 +18,14 @@ depend on them) on its timing batch repeated 1, 4, 16, ... times:
   ``launches`` (CUDA kernel launches) and ``syncs`` (host waits on the GPU:
   :data:`SYNC_CALLS`); launches and syncs are counted on CUDA only, by the names of
   the CUDA runtime calls the profiler records (not yet checked on a GPU: a count of
-  0 launches there means the names differ).
+  0 launches there means the names differ);
+* on CUDA, ``kernel_ms`` per call: the summed time of its kernels on the device. The same
+  kernels with no launch overhead (replayed from a CUDA graph, say) would take about that,
+  so the ratios of these sums (``kernel_speedup``, ``kernel_explain_overhead``,
+  ``kernel_train_overhead``) say what removing the launch overhead alone could give at
+  that batch size (fusing kernels could give more).
+
+A batch size the device cannot hold (out of memory) is reported as such and the run goes on.
 
 The batch size at which ``speedup`` passes 1 is where sparse inference starts to pay
 on that device. Prints a table and writes JSON::
@@ -38,6 +45,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch_geometric.data import Batch
 
@@ -92,7 +100,20 @@ def _count(fn: Callable[[], Any], device: torch.device) -> dict[str, int]:
         counts["launches"] = sum(e.name in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel",
                                             "cuLaunchKernelEx") for e in events)
         counts["syncs"] = sum(e.name in SYNC_CALLS for e in events)
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        counts["kernels"] = len(kernels)
+        counts["kernel_ms"] = sum(e.time_range.elapsed_us() for e in kernels) / 1000
     return counts
+
+
+def _kernel_ratios(counts: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Ratios of summed kernel time (CUDA only): what the calls would cost with launches free."""
+    if "kernel_ms" not in counts["dense"]:
+        return {}
+    k = {name: c["kernel_ms"] for name, c in counts.items()}
+    return {"kernel_speedup": k["dense"] / k["sparse"] if "sparse" in k else None,
+            "kernel_explain_overhead": k["explain"] / k["dense"],
+            "kernel_train_overhead": k["masked_step"] / k["plain_step"]}
 
 
 def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int, warmup: int) -> dict[str, Any]:
@@ -138,17 +159,19 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
     return {"model": case.name, "samples": samples, **{f"{name}_ms": value for name, value in ms.items()},
             "speedup": ms["dense"] / ms["sparse"] if "sparse" in ms else None,
             "explain_overhead": ms["explain"] / ms["dense"], "train_overhead": ms["masked_step"] / ms["plain_step"],
-            "counts": counts}
+            **_kernel_ratios(counts), "counts": counts}
 
 
 def _row(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"| {result['model']} | {result['samples']} | {result['error']} |"
     counts = result["counts"]
 
     def cell(name: str) -> str:
         c = counts.get(name)
         if c is None:
             return "—"
-        return f"{c['ops']}" + (f" / {c['launches']} / {c['syncs']}" if "launches" in c else "")
+        return f"{c['ops']}" + (f" / {c['launches']} / {c['syncs']} / {c['kernel_ms']:.2f}" if "launches" in c else "")
 
     sparse = "— | —" if result["speedup"] is None else f"{result['sparse_ms']:.2f} | x{result['speedup']:.2f}"
     return (f"| {result['model']} | {result['samples']} | {result['dense_ms']:.2f} | {sparse} | "
@@ -172,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(wanted) - set(cases))
     if unknown:
         parser.error(f"--models {unknown} not among {sorted(cases)}")
-    counted = "ops / launches / syncs" if device.type == "cuda" else "ops"
+    counted = "ops / launches / syncs / kernel ms" if device.type == "cuda" else "ops"
     print(f"| model | samples | dense ms | sparse ms | speed-up | explain ms | explain overhead | plain step ms "
           f"| masked step ms | train overhead | dense {counted} | sparse {counted} | explain {counted} "
           f"| plain step {counted} | masked step {counted} |")
@@ -181,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in wanted:
         for times in (int(t) for t in args.times.split(",")):
-            results.append(profile_case(cases[name], times, device, args.repeats, args.warmup))
+            try:
+                results.append(profile_case(cases[name], times, device, args.repeats, args.warmup))
+            except torch.OutOfMemoryError:  # the larger batches of the larger models on a small device
+                torch.cuda.empty_cache()
+                results.append({"model": name, "samples": cases[name].batch[1].numel() * times,
+                                "error": "out of memory"})
             print(_row(results[-1]), flush=True)
             if args.json:  # after every row: a run stopped by a time limit keeps what it measured
                 args.json.write_text(json.dumps({"device": str(device), "device_name": device_name,
