@@ -443,7 +443,7 @@ class TextModality(Modality):
         """Training with ``attention_gates``: whole embeddings, each key's attention weight times its gate.
 
         Padding gets weight 0 (the floor), so the bias replaces the attention mask. With
-        0/1 gates the logits are those of the hidden-token path up to the floor (1e-30).
+        0/1 gates the logits are those of the hidden-token path up to the floor (:data:`~bottleneck.key_bias_attention.GATE_FLOOR`).
         Fractional gates are an error: a token whose attention weight is only scaled down
         can still be read, since the softmax renormalises -- the text demo's BERT with
         hard-concrete gates learned gates of 0 on every token (keep rate 0.000, masked
