@@ -355,7 +355,7 @@ def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
 
 #: Settings that must agree for reports to be merged: figures from different devices,
 #: library versions, timing rounds or timing processes are not one table.
-MERGE_MUST_AGREE = ("device", "device_name", "torch", "threads", "repeats", "warmup", "seed", "sparse_in_child",
+MERGE_MUST_AGREE = ("device", "device_name", "torch", "libraries", "threads", "repeats", "warmup", "seed", "sparse_in_child",
                     "sparse_processes")
 
 
@@ -403,10 +403,40 @@ def merge_reports(reports: list[dict[str, Any]], scaling: dict[str, Any] | None 
     return merged
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows.
+
+    Reports name it because figures move with it: subnormal floats, for one, are slow on
+    Intel CPUs and nearly free on AMD ones (see :data:`~bottleneck.key_bias_attention.GATE_FLOOR`).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _library_versions() -> dict[str, str | None]:
+    """Versions of the libraries the bench's models come from (``None``: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name in ("transformers", "torch_geometric"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def _environment(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"device": str(device), "device_name": name, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
+            "libraries": _library_versions(), "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
 
 
 def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, timing: Timing | None = None,
@@ -488,9 +518,12 @@ def _judged(value: float, bound: float | None, *, at_least: bool, digits: int = 
 
 def markdown(report: dict[str, Any], command: str = "") -> str:
     """The report as Markdown tables: overheads, sparse speed-ups with accuracy, scaling."""
-    lines = [f"Measured with `{command}` on {report['settings']['device_name']} "
-             f"({report['settings']['device']}, {report['settings']['threads']} threads), "
-             f"medians of {report['settings']['repeats']} interleaved repeats.", ""]
+    settings = report["settings"]
+    versions = ", ".join(f"{name} {version}" for name, version in
+                         [("torch", settings["torch"]), *settings.get("libraries", {}).items()] if version)
+    lines = [f"Measured with `{command}` on {settings['device_name']} "
+             f"({settings['device']}, {settings['threads']} threads; {versions}), "
+             f"medians of {settings['repeats']} interleaved repeats.", ""]
     lines += ["| model | train overhead (≤ 1.25) | plain step | masked step | explain overhead (≤ 1.5) |",
               "|---|---|---|---|---|"]
     for name, train in report["details"]["train"].items():

@@ -27,6 +27,7 @@ from bottleneck.speed import (
     SpeedCase,
     Timing,
     claims,
+    cpu_name,
     markdown,
     run_speed,
     train_sparse_models,
@@ -115,6 +116,17 @@ def test_scaling_section(report: dict) -> None:
     times = [row["mask_layer_ms_one_thread"] for row in scaling["sizes"].values()]
     assert fit["fixed_ms"] + fit["ms_per_1k_units"] * 0.3 == pytest.approx(times[0], rel=1e-6)  # two sizes: exact
     assert scaling["knn_peak_under_2_gib"] is (scaling["knn_peak_mib_at_largest"] < 2048)
+
+
+def test_report_names_the_processor_and_library_versions(report: dict) -> None:
+    """Figures move with the processor and the model libraries, so a report says which."""
+    from importlib.metadata import version
+
+    settings = report["settings"]
+    assert settings["device_name"] == cpu_name() and settings["device_name"]
+    assert settings["libraries"] == {"transformers": version("transformers"),
+                                     "torch_geometric": version("torch_geometric")}
+    assert f"transformers {version('transformers')}" in markdown(report).splitlines()[0]
 
 
 def test_claims_follow_the_figures(report: dict) -> None:

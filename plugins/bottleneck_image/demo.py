@@ -33,8 +33,12 @@ from .models import SmallResNet, make_vit
 MODELS = ("cnn", "vit")
 DATASETS = ("planted", "digits")
 #: Per (model, data): epochs, learning rate, training-set size for planted (full run).
+#: The CNN on planted glyphs trains its mask with it from scratch and needs 30 epochs: at
+#: 20 its task loss was still falling (0.35) and on an Intel Xeon its masked accuracy ended
+#: at 0.816 against 1.000 plain (seed 0); at 30, 0.991 and 0.983 (seeds 0 and 1, plain
+#: 1.000 and 0.997).
 SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
-    ("cnn", "planted"): {"epochs": 20, "lr": 3e-3, "train_size": 2000},
+    ("cnn", "planted"): {"epochs": 30, "lr": 3e-3, "train_size": 2000},
     ("cnn", "digits"): {"epochs": 20, "lr": 3e-3, "train_size": None},
     ("vit", "planted"): {"epochs": 20, "lr": 1e-3, "train_size": 2000},
     ("vit", "digits"): {"epochs": 30, "lr": 1e-3, "train_size": None, "finetune_epochs": 24},
