@@ -9,7 +9,8 @@ from torch.profiler import profile
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bottleneck.key_bias_attention import KEY_BIAS_SDPA, key_bias_attention_on
+import bottleneck.key_bias_attention as key_bias
+from bottleneck.key_bias_attention import KEY_BIAS_SDPA, head_padding, key_bias_attention_on
 from bottleneck_image.models import make_vit
 from bottleneck_image.vit import GATE_FLOOR, forward_with_open_patches
 
@@ -154,3 +155,30 @@ def test_closed_keys_make_no_subnormal_floats_in_the_backward_pass(upstream: flo
         (logits.square().sum() * upstream).backward()
     assert watch.seen == []
     assert (bias.grad[..., 2:] != 0).any()  # closed keys still get their gradient
+
+
+def test_heads_padded_for_cuda_give_the_same_attention_and_gradients(monkeypatch) -> None:
+    """On CUDA the folded heads get zero columns up to a multiple of 8 (flash attention's widths).
+
+    Forced here on the CPU: the zero columns change no logit and no gradient.
+    """
+    assert [head_padding(w, torch.device("cuda")) for w in (32, 16, 7, 8)] == [7, 7, 0, 7]
+    assert head_padding(32, torch.device("cpu")) == 0
+    model = small_vit()  # heads of 8: 9 with the bias column, 16 padded
+    bias = gate_bias()
+    logits, bias_grad, grads = run(model, bias, fast=True)
+    widths = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, *args, **kwargs):  # type: ignore[no-untyped-def]
+        widths.append(query.shape[-1])
+        return sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(key_bias, "head_padding", lambda width, device: -(width + 1) % 8)
+    padded_logits, padded_bias_grad, padded_grads = run(model, bias, fast=True)
+    assert widths and set(widths) == {16}
+    torch.testing.assert_close(padded_logits, logits)
+    torch.testing.assert_close(padded_bias_grad, bias_grad)
+    for name, grad in grads.items():
+        torch.testing.assert_close(padded_grads[name], grad, msg=name)
