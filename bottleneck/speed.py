@@ -355,8 +355,8 @@ def claims(report: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
 
 #: Settings that must agree for reports to be merged: figures from different devices,
 #: library versions, timing rounds or timing processes are not one table.
-MERGE_MUST_AGREE = ("device", "device_name", "torch", "libraries", "threads", "repeats", "warmup", "seed", "sparse_in_child",
-                    "sparse_processes")
+MERGE_MUST_AGREE = ("device", "device_name", "torch", "libraries", "threads", "repeats", "warmup", "seed",
+                    "sparse_in_child", "sparse_processes")
 
 
 def merge_reports(reports: list[dict[str, Any]], scaling: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -406,8 +406,9 @@ def merge_reports(reports: list[dict[str, Any]], scaling: dict[str, Any] | None 
 def cpu_name() -> str:
     """The processor's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows.
 
-    Reports name it because figures move with it: subnormal floats, for one, are slow on
-    Intel CPUs and nearly free on AMD ones (see :data:`~bottleneck.key_bias_attention.GATE_FLOOR`).
+    Reports name it because figures move with it: the same bench ran every call 1.3-2.5
+    times slower on one 2-core machine than on another, and subnormal floats cost this
+    project's Intel Xeon a slow path per operand (see :data:`~bottleneck.key_bias_attention.GATE_FLOOR`).
     """
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
