@@ -44,8 +44,12 @@ from launch_profile import bench_cases, repeated  # noqa: E402
 ATTENTION_KERNELS = ("fmha", "flash", "attention", "softmax", "efficient")
 
 
+#: The library's padding, restored after each unpadded step.
+PADDED_MULTIPLE = key_bias.CUDA_HEAD_MULTIPLE
+
+
 def _set_padding(pad: bool) -> None:
-    key_bias.CUDA_HEAD_MULTIPLE = 8 if pad else None
+    key_bias.CUDA_HEAD_MULTIPLE = PADDED_MULTIPLE if pad else None
 
 
 def _attention_kernels(step: Callable[[], None], device: torch.device) -> list[str]:

@@ -158,7 +158,7 @@ def test_closed_keys_make_no_subnormal_floats_in_the_backward_pass(upstream: flo
 
 
 def test_heads_padded_for_cuda_give_the_same_attention_and_gradients(monkeypatch) -> None:
-    """On CUDA the folded heads get zero columns up to a multiple of 8 (flash attention's widths).
+    """On CUDA the folded heads get zero columns up to a multiple of 8 (CUDA's fused-kernel widths).
 
     Forced here on the CPU: the zero columns change no logit and no gradient.
     """
@@ -175,7 +175,7 @@ def test_heads_padded_for_cuda_give_the_same_attention_and_gradients(monkeypatch
         return sdpa(query, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(key_bias, "head_padding", lambda width, device: -(width + 1) % 8)
+    monkeypatch.setattr(key_bias, "head_padding", lambda width, device: head_padding(width, torch.device("cuda")))
     padded_logits, padded_bias_grad, padded_grads = run(model, bias, fast=True)
     assert widths and set(widths) == {16}
     torch.testing.assert_close(padded_logits, logits)
