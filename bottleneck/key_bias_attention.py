@@ -22,6 +22,18 @@ attention and give ``b`` its gradient through ``k``'s extra column. On CPU, one
 attention call of the bench's shape (forward and backward) took 5.2 ms this way
 against 12.0 ms for the float mask and 4.0 ms for a boolean mask.
 
+**Closed keys are removed from the forward pass, not scaled by the floor.** A key at
+the floor (weight 0, :data:`CLOSED_BIAS`) is still attended with weight ``floor * e^s``,
+and a jointly trained model can make ``s`` large enough to read it: the speed bench's
+BERT, fine-tuned with its mask, reached task loss 0.014 in training and 0.5 accuracy
+(chance) with the same keys removed; its logits with the floor at 1e-20, 1e-30 and
+1e-38 gave 1.000 on a test batch, with the keys removed 0.406. So the value of the
+attention is computed with the closed keys masked out (the same fused kernel, with a
+boolean mask beside the folded bias), and a second folded call on the detached ``q``,
+``k``, ``v`` with the floor in place supplies only the closed keys' bias gradient, what
+opening each would do: the closed keys keep their gradient and no value depends on
+them. It costs one more attention forward and backward per layer in training.
+
 It is used through Hugging Face's ``AttentionInterface``: :func:`key_bias_attention_on`
 switches a model's configs to :data:`KEY_BIAS_SDPA` for one call and restores them,
 and the registered function falls back to Hugging Face's own SDPA for any mask it
@@ -31,6 +43,7 @@ does not recognise (boolean, per-query, non-finite, or no gradient needed).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,10 +55,10 @@ from torch import Tensor, nn
 KEY_BIAS_SDPA = "bottleneck_key_bias_sdpa"
 
 #: Attention weight factor of a closed token under differentiable gates
-#: (:func:`gate_attention_bias`). Small enough that a jointly trained model cannot learn
-#: to read closed tokens (at 1e-6 a ViT did; at 1e-20 a closed token's share of an
-#: attention output is 13 orders of magnitude under float32's resolution). Large enough
-#: that the backward pass makes no subnormal floats: a closed key's attention weight
+#: (:func:`gate_attention_bias`), in the pass that gives closed keys their gradient
+#: (:func:`key_bias_attention` removes them from the forward value: a jointly trained
+#: BERT learned attention logits large enough to read keys at 1e-20, 1e-30 and 1e-38,
+#: as a ViT had at 1e-6). Large enough that the backward pass makes no subnormal floats: a closed key's attention weight
 #: (``floor / tokens`` or so) times the gradients it meets stays above float32's
 #: smallest normal (1.2e-38) for gradients down to about 1e-16. At 1e-30 it did not:
 #: a third of the key and value gradients of a fresh BERT were subnormal, and on an
@@ -56,7 +69,11 @@ KEY_BIAS_SDPA = "bottleneck_key_bias_sdpa"
 #: and bf16 carry it either way.
 GATE_FLOOR = 1e-20
 
-__all__ = ["CUDA_HEAD_MULTIPLE", "GATE_FLOOR", "KEY_BIAS_SDPA", "gate_attention_bias", "head_padding",
+#: A key whose bias is below this is closed (weight under about 1e-10, at :data:`GATE_FLOOR`
+#: 1e-20): :func:`key_bias_attention` leaves it out of the forward value.
+CLOSED_BIAS = 0.5 * math.log(GATE_FLOOR)
+
+__all__ = ["CLOSED_BIAS", "CUDA_HEAD_MULTIPLE", "GATE_FLOOR", "KEY_BIAS_SDPA", "gate_attention_bias", "head_padding",
            "key_bias_attention", "key_bias_attention_on"]
 
 
@@ -150,18 +167,37 @@ def key_bias_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     assert attention_mask is not None
+    scale = key.shape[-1] ** -0.5 if scaling is None else scaling
+    dropout_p = dropout if module.training else 0.0
+    closed = attention_mask < CLOSED_BIAS
+    any_closed, every_query_sees_a_key = torch.stack([closed.any(), (~closed).any(-1).all()]).tolist()
+    if not (any_closed and every_query_sees_a_key):  # nothing to remove, or a row would attend to nothing
+        return _folded_attention(query, key, value, attention_mask, scale, dropout_p), None
+    out = _folded_attention(query, key, value, attention_mask, scale, dropout_p, visible=~closed)
+    # the closed keys' gradient: the same attention with them at the floor, on detached inputs
+    closed_only = torch.where(closed, attention_mask, attention_mask.detach())
+    floor = _folded_attention(query.detach(), key.detach(), value.detach(), closed_only, scale, dropout_p)
+    return out + (floor - floor.detach()), None
+
+
+def _folded_attention(query: Tensor, key: Tensor, value: Tensor, key_bias: Tensor, scale: float,
+                      dropout_p: float, visible: Tensor | None = None) -> Tensor:
+    """SDPA of ``[B, H, T, D]`` heads with the ``[B, 1 | H, 1, T]`` per-key bias folded into ``q``/``k``.
+
+    ``visible`` (bool, the bias's shape) hides the keys where it is False, exactly.
+    Returns ``[B, T, H, D]``, as Hugging Face's attention functions do.
+    """
     batch, heads, tokens, width = key.shape
-    scale = width**-0.5 if scaling is None else scaling
-    bias = (attention_mask.to(key.dtype) / scale).transpose(2, 3).expand(batch, heads, tokens, 1)
+    bias = (key_bias.to(key.dtype) / scale).transpose(2, 3).expand(batch, heads, tokens, 1)
     pad = head_padding(width, query.device)
     query = torch.cat([query, query.new_ones(*query.shape[:-1], 1), query.new_zeros(*query.shape[:-1], pad)],
                       dim=-1)
     key = torch.cat([key, bias, key.new_zeros(*key.shape[:-1], pad)], dim=-1)
     value = torch.cat([value, value.new_zeros(*value.shape[:-1], 1 + pad)], dim=-1)
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, dropout_p=dropout if module.training else 0.0, scale=scale
+        query, key, value, attn_mask=visible, dropout_p=dropout_p, scale=scale
     )
-    return out[..., :width].transpose(1, 2).contiguous(), None
+    return out[..., :width].transpose(1, 2).contiguous()
 
 
 @functools.cache

@@ -182,3 +182,32 @@ def test_heads_padded_for_cuda_give_the_same_attention_and_gradients(monkeypatch
     torch.testing.assert_close(padded_bias_grad, bias_grad)
     for name, grad in grads.items():
         torch.testing.assert_close(padded_grads[name], grad, msg=name)
+
+
+class _Training(nn.Module):
+    """The ``module`` argument of an attention function: only ``training`` is read."""
+
+
+def test_closed_keys_stay_out_of_the_output_however_large_their_logits() -> None:
+    """A key at the floor is removed from the attention's value, not scaled down.
+
+    A jointly trained BERT learned logits large enough to read keys at the floor
+    (1e-20, and 1e-38 too). Here one closed key scores 400 above the others: at the
+    floor alone it would take almost all the attention; removed, the output is that of
+    the open keys, and the closed key still gets its gradient (what opening it would do).
+    """
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 3, 5, 8, generator=gen) for _ in range(3))
+    key[:, :, 2] = 400.0 * query.sum(2) / query.sum(2).square().sum(-1, keepdim=True) * 8**0.5
+    gates = torch.ones(2, 5)
+    gates[:, 2] = 0.0
+    gates[1, 4] = 0.0
+    bias = torch.log(GATE_FLOOR + gates)[:, None, None, :].requires_grad_()
+    module = _Training().eval()
+    out, _ = key_bias.key_bias_attention(module, query, key, value, bias)
+    exact = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=gates[:, None, None, :] > 0)
+    at_floor = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias.detach())
+    assert (at_floor - exact).abs().max() > 0.5  # the floor alone would let the closed key through
+    torch.testing.assert_close(out, exact.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    out.square().sum().backward()
+    assert torch.isfinite(bias.grad).all() and (bias.grad[:, 0, 0, 2] != 0).all()
