@@ -442,8 +442,10 @@ class TextModality(Modality):
     def _call_attention_gated(self, model: nn.Module, gated: GatedText, *args: Any, **kwargs: Any) -> Any:
         """Training with ``attention_gates``: whole embeddings, each key's attention weight times its gate.
 
-        Padding gets weight 0 (the floor), so the bias replaces the attention mask. With
-        0/1 gates the logits are those of the hidden-token path up to the floor (:data:`~bottleneck.key_bias_attention.GATE_FLOOR`).
+        Padding gets weight 0, so the bias replaces the attention mask. With 0/1 gates the
+        logits are those of the hidden-token path: closed keys are left out of the value
+        (:func:`~bottleneck.key_bias_attention.key_bias_attention`), and only the pass that
+        gives them their gradient weights them by :data:`~bottleneck.key_bias_attention.GATE_FLOOR`.
         Fractional gates are an error: a token whose attention weight is only scaled down
         can still be read, since the softmax renormalises -- the text demo's BERT with
         hard-concrete gates learned gates of 0 on every token (keep rate 0.000, masked
