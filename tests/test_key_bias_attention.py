@@ -184,17 +184,18 @@ def test_heads_padded_for_cuda_give_the_same_attention_and_gradients(monkeypatch
         torch.testing.assert_close(padded_grads[name], grad, msg=name)
 
 
-class _Training(nn.Module):
-    """The ``module`` argument of an attention function: only ``training`` is read."""
+class _AttentionModule(nn.Module):
+    """The ``module`` argument of an attention function: only its ``training`` flag is read."""
 
 
 def test_closed_keys_stay_out_of_the_output_however_large_their_logits() -> None:
     """A key at the floor is removed from the attention's value, not scaled down.
 
     A jointly trained BERT learned logits large enough to read keys at the floor
-    (1e-20, and 1e-38 too). Here one closed key scores 400 above the others: at the
-    floor alone it would take almost all the attention; removed, the output is that of
-    the open keys, and the closed key still gets its gradient (what opening it would do).
+    (1e-20, and 1e-38 too). Here one closed key is made to score far above the others
+    (by about 80 on average over the queries): at the floor alone it would take much of
+    the attention; removed, the output is that of the open keys, and the closed key still
+    gets its gradient (what opening it would do).
     """
     gen = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(2, 3, 5, 8, generator=gen) for _ in range(3))
@@ -203,7 +204,7 @@ def test_closed_keys_stay_out_of_the_output_however_large_their_logits() -> None
     gates[:, 2] = 0.0
     gates[1, 4] = 0.0
     bias = torch.log(GATE_FLOOR + gates)[:, None, None, :].requires_grad_()
-    module = _Training().eval()
+    module = _AttentionModule().eval()
     out, _ = key_bias.key_bias_attention(module, query, key, value, bias)
     exact = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=gates[:, None, None, :] > 0)
     at_floor = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias.detach())
