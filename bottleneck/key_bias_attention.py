@@ -130,9 +130,14 @@ def head_padding(width: int, device: torch.device) -> int:
     return -(width + 1) % CUDA_HEAD_MULTIPLE
 
 
-def _is_key_bias(mask: Tensor | None, query: Tensor, key: Tensor) -> bool:
-    """A float ``[B, 1 | H, 1, T]`` mask that needs a gradient, on heads without key sharing."""
-    return (
+def _key_bias_closed(mask: Tensor | None, query: Tensor, key: Tensor) -> tuple[Tensor, bool, bool] | None:
+    """``(closed, any closed, every query keeps an open key)`` of a per-key bias, or ``None`` for another mask.
+
+    A per-key bias is a finite float ``[B, 1 | H, 1, T]`` mask that needs a gradient, on
+    heads without key sharing; ``closed`` marks its keys below :data:`CLOSED_BIAS`. The
+    finiteness and both flags come from one host sync.
+    """
+    if not (
         mask is not None
         and mask.is_floating_point()
         and mask.requires_grad
@@ -140,8 +145,12 @@ def _is_key_bias(mask: Tensor | None, query: Tensor, key: Tensor) -> bool:
         and mask.shape[2] == 1
         and mask.shape[-1] == key.shape[2]
         and key.shape[1] == query.shape[1]
-        and bool(torch.isfinite(mask).all())
-    )
+    ):
+        return None
+    closed = mask < CLOSED_BIAS
+    finite, any_closed, every_query_sees_a_key = torch.stack(
+        [torch.isfinite(mask).all(), closed.any(), (~closed).any(-1).all()]).tolist()
+    return (closed, any_closed, every_query_sees_a_key) if finite else None
 
 
 def key_bias_attention(
@@ -163,14 +172,14 @@ def key_bias_attention(
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not _is_key_bias(attention_mask, query, key) or kwargs.get("position_bias") is not None:
+    found = None if kwargs.get("position_bias") is not None else _key_bias_closed(attention_mask, query, key)
+    if found is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     assert attention_mask is not None
+    closed, any_closed, every_query_sees_a_key = found
     scale = key.shape[-1] ** -0.5 if scaling is None else scaling
     dropout_p = dropout if module.training else 0.0
-    closed = attention_mask < CLOSED_BIAS
-    any_closed, every_query_sees_a_key = torch.stack([closed.any(), (~closed).any(-1).all()]).tolist()
     if not (any_closed and every_query_sees_a_key):  # nothing to remove, or a row would attend to nothing
         return _folded_attention(query, key, value, attention_mask, scale, dropout_p), None
     out = _folded_attention(query, key, value, attention_mask, scale, dropout_p, visible=~closed)
