@@ -53,7 +53,7 @@ ATTENTION_GATES = {"attention_gates": True, "gate": "topk"}
 #: epochs 0.535, 0.500, 1.000 (seeds 0-2); at 10x and 4 epochs 1.000, 0.996, 0.998, 0.500,
 #: 0.994; at 10x and 6 epochs 0.998, 1.000, 1.000, 1.000, 0.996. (A third of the model's
 #: rate, mask at 1x: 0.617 and 1.000 on seeds 0 and 1; 10x with distillation at weight 1:
-#: 0.500 on seed 3; 30x: 0.816 on seed 3.)
+#: 0.500 on seed 3; 30x: 0.816 on seed 3.) ``benchmarks/text_bert_recipe.py`` runs these.
 BERT_MASK_LR = 10.0
 #: The issue's sparse speed-up target for BERT at keep 0.25.
 BERT_TARGET = 1.8
