@@ -17,8 +17,8 @@ component, so it folds into one extra head dimension::
 
 and the value gets a zero column (the fused kernels want equal q/k/v widths; the
 extra output column is dropped). On CUDA all three get more zero columns, up to a
-width CUDA's fused kernels take (:data:`CUDA_HEAD_MULTIPLE`). The fused kernels then compute the exact same
-attention and give ``b`` its gradient through ``k``'s extra column. On CPU, one
+width CUDA's fused kernels take (:data:`CUDA_HEAD_MULTIPLE`). The fused kernels then
+compute the exact same attention and give ``b`` its gradient through ``k``'s extra column. On CPU, one
 attention call of the bench's shape (forward and backward) took 5.2 ms this way
 against 12.0 ms for the float mask and 4.0 ms for a boolean mask.
 
@@ -26,8 +26,9 @@ against 12.0 ms for the float mask and 4.0 ms for a boolean mask.
 the floor (weight 0, :data:`CLOSED_BIAS`) is still attended with weight ``floor * e^s``,
 and a jointly trained model can make ``s`` large enough to read it: the speed bench's
 BERT, fine-tuned with its mask (distilling from the dense model; one seed), reached task
-loss 0.014 in training and 0.5 accuracy (chance) with the same keys removed; its logits with the floor at 1e-20, 1e-30 and
-1e-38 gave 1.000 on a test batch, with the keys removed 0.406. So the value of the
+loss 0.014 in training and 0.5 accuracy (chance) with the same keys removed; its logits
+with the floor at 1e-20, 1e-30 and 1e-38 gave 1.000 on a test batch, with the keys
+removed 0.406. So the value of the
 attention is computed with the closed keys masked out (the same fused kernel, with a
 boolean mask beside the folded bias), and a second folded call on the detached ``q``,
 ``k``, ``v`` with the floor in place supplies only the closed keys' bias gradient, what
@@ -58,8 +59,8 @@ KEY_BIAS_SDPA = "bottleneck_key_bias_sdpa"
 #: (:func:`gate_attention_bias`), in the pass that gives closed keys their gradient
 #: (:func:`key_bias_attention` removes them from the forward value: a jointly trained
 #: BERT learned attention logits large enough to read keys at 1e-20, 1e-30 and 1e-38,
-#: as a ViT had at 1e-6). Large enough that the backward pass makes no subnormal floats: a closed key's attention weight
-#: (``floor / tokens`` or so) times the gradients it meets stays above float32's
+#: as a ViT had at 1e-6). Large enough that the backward pass makes no subnormal floats:
+#: a closed key's attention weight (``floor / tokens`` or so) times the gradients it meets stays above float32's
 #: smallest normal (1.2e-38) for gradients down to about 1e-16. At 1e-30 it did not:
 #: a third of the key and value gradients of a fresh BERT were subnormal, and on an
 #: Intel Xeon, whose CPUs take a slow path for each subnormal operand, its masked

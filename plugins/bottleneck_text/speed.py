@@ -39,7 +39,8 @@ WORDS = {"min_words": 60, "max_words": 110}
 #: Those attention-gate figures were flattered by a leak: closed tokens were attended
 #: with weight ``floor * e^s``, and the fine-tuned BERT learned logits large enough to
 #: read them (seed 0 of the recipe runs below, distilling from the dense model at weight
-#: 3: training task loss 0.014, accuracy 0.5 with the tokens removed). Closed keys are now removed from the forward value
+#: 3: training task loss 0.014, accuracy 0.5 with the tokens removed). Closed keys are
+#: now removed from the forward value
 #: (:func:`~bottleneck.key_bias_attention.key_bias_attention`), and the old recipe
 #: collapsed to chance on two of three seeds: the model forgets the task while the mask
 #: still drops the evidence. Hence :data:`BERT_MASK_LR` and 6 joint epochs.
