@@ -7,33 +7,32 @@ key's attention weight by its gate: an additive bias ``b_j = log(floor + g_j)``
 (:func:`gate_attention_bias`) on the attention logits of key ``j``, the same for every
 query. Passed as a float ``attn_mask`` that requires grad, it sends
 ``scaled_dot_product_attention`` to its unfused "math" path, because the fused kernels
-do not return a mask gradient: on the bench ViT (batch 64, 65 tokens, 4 layers) one
-training step took 58 ms against 45 ms with a boolean mask.
+do not return a mask gradient.
 
-A bias that depends on the key only is a dot product with a constant query
-component, so it folds into one extra head dimension::
+:func:`key_bias_attention` splits the two jobs:
 
-    scale * (q . k_j) + b_j  =  scale * ([q, 1] . [k_j, b_j / scale])
+* **The value** comes from the fused kernel with the bias detached and the closed keys
+  (bias under :data:`CLOSED_BIAS`) at ``-inf``: they are removed, not scaled by the
+  floor. A key at the floor is still attended with weight ``floor * e^s``, and a jointly
+  trained model can make ``s`` large enough to read it: the speed bench's BERT,
+  fine-tuned with its mask (distilling from the dense model; one seed), reached task
+  loss 0.014 in training and 0.5 accuracy (chance) with the same keys removed; its
+  logits with the floor at 1e-20, 1e-30 and 1e-38 gave 1.000 on a test batch, with the
+  keys removed 0.406.
+* **The bias's gradient**, for every key, open or closed, is that of the attention with
+  the closed keys at the floor -- what opening each would do, DynamicViT's gradient --
+  computed in the backward pass from ``q``, ``k``, ``v``, the output and its gradient
+  (:class:`_KeyBiasGradient`): ``dL/db_j = sum_i p_ij (dout_i . v_j - dout_i . out_i)``,
+  two matrix products per head and only over the queries whose output has a gradient
+  (a classifier's last layer reads one token; a closed token's output reaches only keys
+  that are removed).
 
-and the value gets a zero column (the fused kernels want equal q/k/v widths; the
-extra output column is dropped). On CUDA all three get more zero columns, up to a
-width CUDA's fused kernels take (:data:`CUDA_HEAD_MULTIPLE`). The fused kernels then
-compute the exact same attention and give ``b`` its gradient through ``k``'s extra column. On CPU, one
-attention call of the bench's shape (forward and backward) took 5.2 ms this way
-against 12.0 ms for the float mask and 4.0 ms for a boolean mask.
-
-**Closed keys are removed from the forward pass, not scaled by the floor.** A key at
-the floor (weight 0, :data:`CLOSED_BIAS`) is still attended with weight ``floor * e^s``,
-and a jointly trained model can make ``s`` large enough to read it: the speed bench's
-BERT, fine-tuned with its mask (distilling from the dense model; one seed), reached task
-loss 0.014 in training and 0.5 accuracy (chance) with the same keys removed; its logits
-with the floor at 1e-20, 1e-30 and 1e-38 gave 1.000 on a test batch, with the keys
-removed 0.406. So the value of the
-attention is computed with the closed keys masked out (the same fused kernel, with a
-boolean mask beside the folded bias), and a second folded call on the detached ``q``,
-``k``, ``v`` with the floor in place supplies only the closed keys' bias gradient, what
-opening each would do: the closed keys keep their gradient and no value depends on
-them. It costs one more attention forward and backward per layer in training.
+History, for the figures measured with earlier versions: the bias was first folded
+into an extra head dimension (``scale q . k_j + b_j = scale [q, 1] . [k_j, b_j / scale]``)
+so the fused kernels gave its gradient through ``k``; that kept closed keys at the
+floor, hence the leak above. Removing them then took a second folded call per layer
+for the closed keys' gradient: the speed bench's BERT step cost 1.62 times the plain
+one. This split costs 1.21 (one run each, ``bottleneck bench speed --models BERT``).
 
 It is used through Hugging Face's ``AttentionInterface``: :func:`key_bias_attention_on`
 switches a model's configs to :data:`KEY_BIAS_SDPA` for one call and restores them,
@@ -56,7 +55,7 @@ from torch import Tensor, nn
 KEY_BIAS_SDPA = "bottleneck_key_bias_sdpa"
 
 #: Attention weight factor of a closed token under differentiable gates
-#: (:func:`gate_attention_bias`), in the pass that gives closed keys their gradient
+#: (:func:`gate_attention_bias`), in the gradient of closed keys
 #: (:func:`key_bias_attention` removes them from the forward value: a jointly trained
 #: BERT learned attention logits large enough to read keys at 1e-20, 1e-30 and 1e-38,
 #: as a ViT had at 1e-6). Large enough that the backward pass makes no subnormal floats:
@@ -74,8 +73,8 @@ GATE_FLOOR = 1e-20
 #: 1e-20): :func:`key_bias_attention` leaves it out of the forward value.
 CLOSED_BIAS = 0.5 * math.log(GATE_FLOOR)
 
-__all__ = ["CLOSED_BIAS", "CUDA_HEAD_MULTIPLE", "GATE_FLOOR", "KEY_BIAS_SDPA", "gate_attention_bias", "head_padding",
-           "key_bias_attention", "key_bias_attention_on"]
+__all__ = ["CLOSED_BIAS", "GATE_FLOOR", "KEY_BIAS_SDPA", "gate_attention_bias", "key_bias_attention",
+           "key_bias_attention_on"]
 
 
 class _BoundedGradient(torch.autograd.Function):
@@ -113,24 +112,6 @@ def gate_attention_bias(weights: Tensor, *, grad_bound: float | None = None) -> 
     return torch.log(GATE_FLOOR + (1.0 - GATE_FLOOR) * weights)[:, None, None, :]
 
 
-#: On CUDA the folded heads are padded with zero columns to a multiple of this width
-#: (``None``: never): the bias column makes a head of 32 one of 33, and CUDA's fused
-#: attention kernels take only widths that are multiples of 8. On an H200 the unpadded
-#: BERT heads ran the math path (separate softmax kernels) and the padded ones, in
-#: float32, the memory-efficient fused kernel: its masked training step on 8,192
-#: sentences took 115.4 against 120.6 ms (``benchmarks/cuda_head_padding.py``). The
-#: zero columns add nothing to any dot product: the same attention, the same gradients.
-#: The CPU's kernels take any width, and there padding would only add work.
-CUDA_HEAD_MULTIPLE: int | None = 8
-
-
-def head_padding(width: int, device: torch.device) -> int:
-    """Zero columns after a folded head of ``width`` (+1 for the bias) on ``device`` (see :data:`CUDA_HEAD_MULTIPLE`)."""
-    if device.type != "cuda" or not CUDA_HEAD_MULTIPLE:
-        return 0
-    return -(width + 1) % CUDA_HEAD_MULTIPLE
-
-
 def _key_bias_closed(mask: Tensor | None, query: Tensor, key: Tensor) -> tuple[Tensor, bool, bool] | None:
     """``(closed, any closed, every query keeps an open key)`` of a per-key bias, or ``None`` for another mask.
 
@@ -165,11 +146,13 @@ def key_bias_attention(
     is_causal: bool | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
-    """Hugging Face attention function: SDPA with a per-key bias folded into ``q``/``k``.
+    """Hugging Face attention function: fused SDPA without the closed keys, the bias's gradient computed beside it.
 
     Same signature and output (``[B, T, H, D]``, no weights) as Hugging Face's
     ``sdpa_attention_forward``, which handles every mask that is not a finite float
-    per-key bias needing a gradient.
+    per-key bias needing a gradient. A row whose every key is closed keeps them at the
+    floor (removing them would leave it nothing to attend). ``dropout`` applies to the
+    value; the bias's gradient is that of the attention without it.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -181,33 +164,102 @@ def key_bias_attention(
     closed, any_closed, every_query_sees_a_key = found
     scale = key.shape[-1] ** -0.5 if scaling is None else scaling
     dropout_p = dropout if module.training else 0.0
-    if not (any_closed and every_query_sees_a_key):  # nothing to remove, or a row would attend to nothing
-        return _folded_attention(query, key, value, attention_mask, scale, dropout_p), None
-    out = _folded_attention(query, key, value, attention_mask, scale, dropout_p, visible=~closed)
-    # the closed keys' gradient: the same attention with them at the floor, on detached inputs
-    closed_only = torch.where(closed, attention_mask, attention_mask.detach())
-    floor = _folded_attention(query.detach(), key.detach(), value.detach(), closed_only, scale, dropout_p)
-    return out + (floor - floor.detach()), None
-
-
-def _folded_attention(query: Tensor, key: Tensor, value: Tensor, key_bias: Tensor, scale: float,
-                      dropout_p: float, visible: Tensor | None = None) -> Tensor:
-    """SDPA of ``[B, H, T, D]`` heads with the ``[B, 1 | H, 1, T]`` per-key bias folded into ``q``/``k``.
-
-    ``visible`` (bool, the bias's shape) hides the keys where it is False, exactly.
-    Returns ``[B, T, H, D]``, as Hugging Face's attention functions do.
-    """
-    batch, heads, tokens, width = key.shape
-    bias = (key_bias.to(key.dtype) / scale).transpose(2, 3).expand(batch, heads, tokens, 1)
-    pad = head_padding(width, query.device)
-    query = torch.cat([query, query.new_ones(*query.shape[:-1], 1), query.new_zeros(*query.shape[:-1], pad)],
-                      dim=-1)
-    key = torch.cat([key, bias, key.new_zeros(*key.shape[:-1], pad)], dim=-1)
-    value = torch.cat([value, value.new_zeros(*value.shape[:-1], 1 + pad)], dim=-1)
+    visible = attention_mask.detach()
+    if any_closed and every_query_sees_a_key:  # else a row would attend to nothing: the floor stays
+        visible = visible.masked_fill(closed, float("-inf"))
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=visible, dropout_p=dropout_p, scale=scale
-    )
-    return out[..., :width].transpose(1, 2).contiguous()
+        query, key, value, attn_mask=visible.to(query.dtype), dropout_p=dropout_p, scale=scale)
+    out = out.transpose(1, 2).contiguous()
+    if not torch.is_grad_enabled():
+        return out, None
+    return _KeyBiasGradient.apply(out, attention_mask, query.detach(), key.detach(), value.detach(),
+                                    scale), None
+
+
+class _KeyBiasGradient(torch.autograd.Function):
+    """Identity on the attention's output; the backward gives the per-key bias its gradient.
+
+    The output comes from the fused kernel with the bias detached (:func:`key_bias_attention`),
+    whose backward gives ``q``, ``k`` and ``v`` theirs. This gives every key's bias the
+    gradient of the attention with the closed keys at the floor: ``dL/db_j = sum_i p_ij
+    (dout_i . v_j - dout_i . out_i)``, the softmax backward of ``p = softmax(scale * q k^T
+    + b)`` restricted to the bias (:func:`_floor_bias_gradient`). ``out`` is the output
+    without the closed keys; with them at the floor it differs by about the floor.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, key_bias: Tensor, query: Tensor, key: Tensor,  # type: ignore[override]
+                value: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(key_bias, query, key, value, out)
+        ctx.scale = scale
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        key_bias, query, key, value, out = ctx.saved_tensors
+        grad_bias = None
+        if ctx.needs_input_grad[1]:
+            per_key = _floor_bias_gradient(grad_out, out, key_bias, query, key, value, ctx.scale)
+            if key_bias.shape[1] == 1:
+                per_key = per_key.sum(1, keepdim=True)
+            grad_bias = per_key[:, :, None, :].to(key_bias.dtype)
+        return grad_out, grad_bias, None, None, None, None
+
+
+#: Elements of one ``[rows, heads, queries, keys]`` block of attention weights in
+#: :func:`_floor_bias_gradient` (two float32 blocks of 64 MiB at a time): bounds its
+#: memory for long sequences and large batches.
+_GRADIENT_BLOCK = 1 << 24
+
+
+def _floor_bias_gradient(grad_out: Tensor, out: Tensor, key_bias: Tensor, query: Tensor, key: Tensor,
+                         value: Tensor, scale: float) -> Tensor:
+    """``[B, H, T]``: each key's bias gradient in ``softmax(scale * q k^T + b) v``.
+
+    ``grad_out`` and ``out`` are ``[B, T, H, D]``, the heads ``[B, H, T, D]``. With
+    ``p = softmax(scale * q k^T + b)``: ``dL/db_j = v_j . (p^T dout)_j - (p^T delta)_j``
+    where ``delta_i = dout_i . out_i``, so besides ``q k^T`` one product ``p^T [dout,
+    delta]`` does it. In float32 whatever the heads' dtype, a block of batch rows at a time.
+
+    Only queries whose output has a gradient take part (:func:`_queries_with_gradient`):
+    a classifier's last layer feeds on one token, and a closed token's output reaches
+    only keys that are removed, so its gradient is exactly zero.
+    """
+    heads, width, keys = query.shape[1], query.shape[-1], key.shape[2]
+    grad_out, out, query = _queries_with_gradient(grad_out, out, query)
+    tokens = query.shape[2]
+    delta = (grad_out.float() * out.float()).sum(-1, keepdim=True)  # [B, T, H, 1]
+    upstream = torch.cat([grad_out.float(), delta], dim=-1).transpose(1, 2)  # [B, H, T, D + 1]
+    rows = max(1, _GRADIENT_BLOCK // (heads * max(tokens, 1) * keys))
+    parts = []
+    for start in range(0, query.shape[0], rows):
+        block = slice(start, start + rows)
+        rows_here = query[block].shape[0]
+        bias = key_bias[block].float().transpose(2, 3).expand(rows_here, heads, keys, 1)
+        # the bias folded into the product: scale * q . k_j + b_j = [scale * q, 1] . [k_j, b_j]
+        scaled = torch.cat([query[block].float() * scale, query.new_ones(rows_here, heads, tokens, 1,
+                                                                          dtype=torch.float32)], dim=-1)
+        biased = torch.cat([key[block].float(), bias], dim=-1)
+        weights = torch.softmax(torch.matmul(scaled, biased.transpose(-1, -2)), dim=-1)  # [b, H, T, keys]
+        back = torch.matmul(weights.transpose(-1, -2), upstream[block])  # [b, H, keys, D + 1]
+        parts.append((back[..., :width] * value[block].float()).sum(-1) - back[..., width])
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _queries_with_gradient(grad_out: Tensor, out: Tensor, query: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``grad_out``, ``out`` (``[B, T, H, D]``) and ``query`` (``[B, H, T, D]``) on fewer tokens, same bias gradient.
+
+    Each sample keeps its tokens whose output gradient is nonzero, padded with others to
+    the most any sample has (a padding token's zero gradient adds nothing). Unchanged when
+    that is every token. One host sync.
+    """
+    live = grad_out.flatten(2).abs().amax(-1) != 0  # [B, T]; NaN counts as live
+    most = int(live.sum(1).max())
+    if most == live.shape[1]:
+        return grad_out, out, query
+    picked = live.to(torch.uint8).topk(most, dim=1, sorted=False).indices  # [B, n]
+    samples = torch.arange(picked.shape[0], device=picked.device)[:, None]
+    return grad_out[samples, picked], out[samples, picked], query.transpose(1, 2)[samples, picked].transpose(1, 2)
 
 
 @functools.cache
