@@ -248,9 +248,9 @@ def _floor_bias_gradient(grad_out: Tensor, out: Tensor, key_bias: Tensor, query:
     ``p = softmax(scale * q k^T + b)``: ``dL/db_j = v_j . (p^T dout)_j - (p^T delta)_j``
     where ``delta_i = dout_i . out_i``, so besides ``q k^T`` one product ``p^T [dout,
     delta]`` does it. ``log_sum_exp`` (``[B, H, T]``, the forward's, over the open keys)
-    gives ``p`` with one ``exp``, the closed keys' weights capped at 1 (a closed key
-    scoring far above the open ones would otherwise overflow); without it, a softmax. In
-    float32 whatever the heads' dtype, a block of batch rows at a time.
+    gives ``p`` with one ``exp`` (if a closed key scores so far above the open ones that
+    it overflows, the call is redone with a softmax); without it, a softmax. In float32
+    whatever the heads' dtype, a block of batch rows at a time.
 
     Only queries whose output has a gradient take part (:func:`_queries_with_gradient`):
     a classifier's last layer feeds on one token, and a closed token's output reaches
@@ -274,10 +274,14 @@ def _floor_bias_gradient(grad_out: Tensor, out: Tensor, key_bias: Tensor, query:
             query_side.append(-log_sum_exp[block].float()[..., None])
             key_side.append(key.new_ones(rows_here, heads, keys, 1, dtype=torch.float32))
         logits = torch.matmul(torch.cat(query_side, dim=-1), torch.cat(key_side, dim=-1).transpose(-1, -2))
-        weights = torch.softmax(logits, dim=-1) if log_sum_exp is None else logits.clamp_max_(0.0).exp_()
+        weights = torch.softmax(logits, dim=-1) if log_sum_exp is None else logits.exp_()
         back = torch.matmul(weights.transpose(-1, -2), upstream[block])  # [b, H, keys, D + 1]
         parts.append((back[..., :width] * value[block].float()).sum(-1) - back[..., width])
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+    per_key = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if log_sum_exp is not None and not bool(torch.isfinite(per_key).all()):
+        # a closed key scoring over 130 above the open ones overflowed exp: rebuild the weights with a softmax
+        return _floor_bias_gradient(grad_out, out, key_bias, query, key, value, scale)
+    return per_key
 
 
 #: :func:`_queries_with_gradient` leaves the queries as they are when the most any sample
