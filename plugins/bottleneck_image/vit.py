@@ -209,7 +209,7 @@ def forward_with_open_patches(
     differentiable for every patch, open or closed: the mask becomes the additive
     attention bias ``log(GATE_FLOOR + (1 - GATE_FLOOR) * gates)``, so a token's
     attention weight is multiplied by its gate; a closed token is left out of the
-    attention's value, and only the pass that gives it its gradient weights it by
+    attention's value, and only its gradient is that of the attention with it at
     :data:`GATE_FLOOR` (a floor alone can be read: see :mod:`~bottleneck.key_bias_attention`).
     That is DynamicViT's attention masking (Rao et al., 2021): the gradient of the
     loss with respect to a closed token's gate says how the prediction would change
