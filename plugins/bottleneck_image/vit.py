@@ -216,8 +216,8 @@ def forward_with_open_patches(
     if that token were attended. With a hard boolean mask it is exactly 0, so a mask
     trained through it could only push open patches out, never pull closed ones in
     (a ViT's top-k mask then kept 65% of the patches that hold the evidence). A model
-    with SDPA attention computes that bias with the fused kernels
-    (:mod:`~bottleneck.key_bias_attention`), not the slower float-mask path.
+    with SDPA attention runs the fused kernels with the bias's gradient computed beside
+    them (:mod:`~bottleneck.key_bias_attention`), not the slower float-mask path.
 
     Args:
         model: a ViT-style model (see :func:`find_patch_layout`) or a wrapper that
@@ -240,7 +240,7 @@ def forward_with_open_patches(
         raise BottleneckError(f"expected float gates of shape {list(open_patches.shape)}, got {describe(gates)}")
     weights = torch.cat([prefix.to(gates.dtype), gates], dim=1)  # gate_attention_bias works in float32
     bias = gate_attention_bias(weights)
-    with key_bias_attention_on(model):  # the bias's gradient from the fused SDPA kernels
+    with key_bias_attention_on(model):  # fused SDPA kernels, the bias's gradient computed beside them
         return model(pixel_values, *args, attention_mask=bias.to(pixel_values.dtype), **kwargs)
 
 

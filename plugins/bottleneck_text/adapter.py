@@ -444,8 +444,8 @@ class TextModality(Modality):
 
         Padding gets weight 0, so the bias replaces the attention mask. With 0/1 gates the
         logits are those of the hidden-token path: closed keys are left out of the value
-        (:func:`~bottleneck.key_bias_attention.key_bias_attention`), and only the pass that
-        gives them their gradient weights them by :data:`~bottleneck.key_bias_attention.GATE_FLOOR`.
+        (:func:`~bottleneck.key_bias_attention.key_bias_attention`), and only their gradient
+        is that of the attention with them at :data:`~bottleneck.key_bias_attention.GATE_FLOOR`.
         Fractional gates are an error: a token whose attention weight is only scaled down
         can still be read, since the softmax renormalises -- the text demo's BERT with
         hard-concrete gates learned gates of 0 on every token (keep rate 0.000, masked
@@ -466,7 +466,7 @@ class TextModality(Modality):
         inputs = ({"inputs_embeds": batch.inputs_embeds} if batch.inputs_embeds is not None
                   else {"input_ids": batch.input_ids})
         dtype = batch.inputs_embeds.dtype if batch.inputs_embeds is not None else self._embedding_dtype()
-        with key_bias_attention_on(model):  # the bias's gradient from the fused SDPA kernels
+        with key_bias_attention_on(model):  # fused SDPA kernels, the bias's gradient computed beside them
             return model(*args, **batch.extra, **inputs, attention_mask=bias.to(dtype), **kwargs)
 
     def _embedding_dtype(self) -> torch.dtype:
