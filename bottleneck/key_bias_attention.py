@@ -152,7 +152,8 @@ def key_bias_attention(
     ``sdpa_attention_forward``, which handles every mask that is not a finite float
     per-key bias needing a gradient. A row whose every key is closed keeps them at the
     floor (removing them would leave it nothing to attend). ``dropout`` applies to the
-    value; the bias's gradient is that of the attention without it.
+    value; the bias's gradient takes the attention weights without it (an estimate
+    where dropout is on; the bench's models have none).
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
