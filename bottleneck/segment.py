@@ -44,10 +44,14 @@ def segment_max(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     :func:`equal_segments` detects) take a reshaped max with the same values and the
     same gradient, to the bit, as the scatter (see :class:`_EqualSegmentMax`).
     """
-    width = equal_segments(batch, num_samples) if values.dtype in _EXACT_COUNT_DTYPES else None
+    exact = values.dtype in _EXACT_COUNT_DTYPES
+    width = equal_segments(batch, num_samples) if exact else None
+    needs_grad = torch.is_grad_enabled() and values.requires_grad
     if width is None:
+        if exact and needs_grad and not torch.compiler.is_compiling():  # Dynamo fails to trace it
+            return _RaggedSegmentMax.apply(values, batch, num_samples)
         return scatter(values, batch, dim=0, dim_size=num_samples, reduce="max")
-    if not (torch.is_grad_enabled() and values.requires_grad):
+    if not needs_grad:
         return values.reshape(num_samples, width, *values.shape[1:]).amax(1)
     return _EqualSegmentMax.apply(values, num_samples, width)
 
@@ -100,6 +104,33 @@ class _EqualSegmentMax(torch.autograd.Function):
         tied = blocks == result.unsqueeze(1)
         ties = tied.sum(1).to(grad.dtype) + (result == 0).to(grad.dtype)
         return (tied * (grad / ties).unsqueeze(1)).reshape(values.shape), None, None
+
+
+class _RaggedSegmentMax(torch.autograd.Function):
+    """:func:`segment_max` of samples of any sizes: the scatter's values, and its gradient from row-wise indexing.
+
+    The forward is the scatter max. Its backward, as ``torch.scatter_reduce`` gives it,
+    gathers and scatters through an expanded ``[N, H]`` index; this one takes the same
+    values (the gradient shared evenly among the units tied at the maximum, the zero the
+    scatter starts from counting as one more tie where the maximum is 0) with row-wise
+    ``index_select`` and ``index_add``. Forward and backward on 2,760 units of 32
+    samples x 64 features (the bench BERT's scorer) took 1.24 against 1.76 ms, on 16
+    samples of 1,000 units 5.2 against 9.9 ms (2 CPU cores).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+        result = scatter(values, batch, dim=0, dim_size=num_samples, reduce="max")
+        ctx.save_for_backward(values, batch, result)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        values, batch, result = ctx.saved_tensors
+        tied = values == result.index_select(0, batch)
+        ties = torch.zeros_like(result).index_add_(0, batch, tied.to(result.dtype)) + (result == 0).to(result.dtype)
+        return tied * (grad / ties).index_select(0, batch), None, None
 
 
 def broadcast(per_sample: Tensor, batch: Tensor) -> Tensor:

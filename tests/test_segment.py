@@ -281,3 +281,44 @@ def test_equal_segments_recognises_only_samples_of_one_size_in_order() -> None:
     assert equal_segments(torch.tensor([0, 0, 1, 1]), 3) is None  # an empty trailing sample
     assert equal_segments(torch.tensor([0, 0, 0]), 2) is None  # 2 does not divide 3
     assert equal_segments(torch.tensor([], dtype=torch.long), 0) is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), width=st.integers(0, 3),
+       seed=st.integers(0, 10_000), shuffled=st.booleans(),
+       ties=st.sampled_from(["none", "relu", "dead channel", "equal values", "negative"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_segment_max_of_ragged_samples_matches_the_scatter_to_the_bit(counts: list[int], width: int, seed: int,
+                                                                      shuffled: bool, ties: str,
+                                                                      dtype: torch.dtype) -> None:
+    """Samples of any sizes (empty ones too), in order or not: the same values and gradient as PyG's
+    scatter max, bit for bit, ties included, from row-wise indexing instead of the scatter's backward."""
+    from torch_geometric.utils import scatter
+
+    from bottleneck.segment import segment_max
+
+    g = torch.Generator().manual_seed(seed)
+    samples = len(counts)
+    batch = torch.repeat_interleave(torch.arange(samples), torch.tensor(counts, dtype=torch.long))
+    shape = (len(batch),) if width == 0 else (len(batch), width)
+    values = torch.randn(*shape, generator=g, dtype=dtype)
+    if ties == "relu":
+        values = values.relu()
+    elif ties == "dead channel" and len(batch):
+        values = values.relu()
+        values[..., 0] = 0.0
+    elif ties == "equal values" and len(batch):
+        values[::2] = values[0].clone()
+    elif ties == "negative":
+        values = -values.abs() - 0.5
+    if shuffled:
+        order = torch.randperm(len(batch), generator=g)
+        batch, values = batch[order], values[order]
+    weights = torch.randn(samples, *shape[1:], generator=g, dtype=dtype)
+    fast_input, ref_input = values.clone().requires_grad_(), values.clone().requires_grad_()
+    fast = segment_max(fast_input, batch, samples)
+    ref = scatter(ref_input, batch, dim=0, dim_size=samples, reduce="max")
+    assert torch.equal(fast, ref)
+    (fast * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(fast_input.grad, ref_input.grad)
