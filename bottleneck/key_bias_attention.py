@@ -32,7 +32,8 @@ into an extra head dimension (``scale q . k_j + b_j = scale [q, 1] . [k_j, b_j /
 so the fused kernels gave its gradient through ``k``; that kept closed keys at the
 floor, hence the leak above. Removing them then took a second folded call per layer
 for the closed keys' gradient: the speed bench's BERT step cost 1.62 times the plain
-one. This split costs 1.21 (one run each, ``bottleneck bench speed --models BERT``).
+one. This split costs 1.21-1.29 (three runs of ``bottleneck bench speed --models BERT``),
+and the ViT's step 1.35 against 1.81.
 
 It is used through Hugging Face's ``AttentionInterface``: :func:`key_bias_attention_on`
 switches a model's configs to :data:`KEY_BIAS_SDPA` for one call and restores them,
