@@ -281,7 +281,7 @@ def _floor_bias_gradient(grad_out: Tensor, out: Tensor, key_bias: Tensor, query:
         parts.append((back[..., :width] * value[block].float()).sum(-1) - back[..., width])
     per_key = torch.cat(parts) if len(parts) > 1 else parts[0]
     if log_sum_exp is not None and not bool(torch.isfinite(per_key).all()):
-        # a closed key scoring over 130 above the open ones overflowed exp: rebuild the weights with a softmax
+        # a closed key scoring about 135 above the open ones overflowed exp: rebuild the weights with a softmax
         return _floor_bias_gradient(grad_out, out, key_bias, query, key, value, scale)
     return per_key
 

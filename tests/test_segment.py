@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from bottleneck.metrics import segment_auroc
 from bottleneck.segment import compact, keep_counts, segment_rank, segment_topk_mask
@@ -225,34 +226,31 @@ def test_broadcast_gives_each_unit_its_sample_row_and_sums_gradients_back(counts
         assert torch.allclose(per_sample.grad[sample], weights[batch == sample].sum(0), atol=1e-5)
 
 
-@settings(max_examples=80, deadline=None)
-@given(samples=st.integers(1, 6), size=st.integers(1, 9), width=st.integers(0, 3), seed=st.integers(0, 10_000),
-       ties=st.sampled_from(["none", "relu", "dead channel", "equal values", "negative"]),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_segment_max_of_equal_samples_matches_the_scatter_to_the_bit(samples: int, size: int, width: int, seed: int,
-                                                                     ties: str, dtype: torch.dtype) -> None:
-    """Samples of one size, in order, take a reshaped max: the same values and the same gradient as
-    PyG's scatter max, bit for bit, ties included (the scatter shares a tied maximum of 0 with the
-    zero it starts from: a channel that a ReLU zeroed for every unit gets 1/(n+1) per unit, not 1/n)."""
-    from torch_geometric.utils import scatter
+#: Ways of planting ties at a sample's maximum (see :func:`_with_ties`).
+TIES = ["none", "relu", "dead channel", "equal values", "negative"]
 
-    from bottleneck.segment import equal_segments, segment_max
 
-    g = torch.Generator().manual_seed(seed)
-    batch = torch.arange(samples).repeat_interleave(size)
-    shape = (samples * size,) if width == 0 else (samples * size, width)  # 1-D values too
-    values = torch.randn(*shape, generator=g, dtype=dtype)
+def _with_ties(values: Tensor, ties: str) -> Tensor:
+    """``values`` with ties planted at the maximum: ReLU zeros, a channel zero everywhere, repeated rows."""
     if ties == "relu":
-        values = values.relu()
-    elif ties == "dead channel":
+        return values.relu()
+    if ties == "dead channel" and len(values):
         values = values.relu()
         values[..., 0] = 0.0
-    elif ties == "equal values":
+    elif ties == "equal values" and len(values):
         values[::2] = values[0].clone()
     elif ties == "negative":
-        values = -values.abs() - 0.5
-    assert equal_segments(batch, samples) == size
-    weights = torch.randn(samples, *shape[1:], generator=g, dtype=dtype)
+        return -values.abs() - 0.5
+    return values
+
+
+def _max_and_gradient_match_the_scatter(values: Tensor, batch: Tensor, samples: int,
+                                        weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Asserts :func:`segment_max`'s value and gradient equal PyG's scatter max bit for bit; returns the scatter's."""
+    from torch_geometric.utils import scatter
+
+    from bottleneck.segment import segment_max
+
     fast_input, ref_input = values.clone().requires_grad_(), values.clone().requires_grad_()
     fast = segment_max(fast_input, batch, samples)
     ref = scatter(ref_input, batch, dim=0, dim_size=samples, reduce="max")
@@ -260,6 +258,27 @@ def test_segment_max_of_equal_samples_matches_the_scatter_to_the_bit(samples: in
     (fast * weights).sum().backward()
     (ref * weights).sum().backward()
     assert torch.equal(fast_input.grad, ref_input.grad)
+    return ref, ref_input.grad
+
+
+@settings(max_examples=80, deadline=None)
+@given(samples=st.integers(1, 6), size=st.integers(1, 9), width=st.integers(0, 3), seed=st.integers(0, 10_000),
+       ties=st.sampled_from(TIES),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_segment_max_of_equal_samples_matches_the_scatter_to_the_bit(samples: int, size: int, width: int, seed: int,
+                                                                     ties: str, dtype: torch.dtype) -> None:
+    """Samples of one size, in order, take a reshaped max: the same values and the same gradient as
+    PyG's scatter max, bit for bit, ties included (the scatter shares a tied maximum of 0 with the
+    zero it starts from: a channel that a ReLU zeroed for every unit gets 1/(n+1) per unit, not 1/n)."""
+    from bottleneck.segment import equal_segments, segment_max
+
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.arange(samples).repeat_interleave(size)
+    shape = (samples * size,) if width == 0 else (samples * size, width)  # 1-D values too
+    values = _with_ties(torch.randn(*shape, generator=g, dtype=dtype), ties)
+    assert equal_segments(batch, samples) == size
+    weights = torch.randn(samples, *shape[1:], generator=g, dtype=dtype)
+    ref, ref_grad = _max_and_gradient_match_the_scatter(values, batch, samples, weights)
     with torch.no_grad():
         assert torch.equal(segment_max(values, batch, samples), ref)
     if samples * size > 1:  # a strided view of the values (every other element of a wider tensor)
@@ -268,7 +287,7 @@ def test_segment_max_of_equal_samples_matches_the_scatter_to_the_bit(samples: in
         got = segment_max(strided, batch, samples)
         assert torch.equal(got, ref)
         (got * weights).sum().backward()
-        assert torch.equal(strided.grad, ref_input.grad)
+        assert torch.equal(strided.grad, ref_grad)
 
 
 def test_equal_segments_recognises_only_samples_of_one_size_in_order() -> None:
@@ -286,39 +305,20 @@ def test_equal_segments_recognises_only_samples_of_one_size_in_order() -> None:
 @settings(max_examples=80, deadline=None)
 @given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), width=st.integers(0, 3),
        seed=st.integers(0, 10_000), shuffled=st.booleans(),
-       ties=st.sampled_from(["none", "relu", "dead channel", "equal values", "negative"]),
+       ties=st.sampled_from(TIES),
        dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_segment_max_of_ragged_samples_matches_the_scatter_to_the_bit(counts: list[int], width: int, seed: int,
                                                                       shuffled: bool, ties: str,
                                                                       dtype: torch.dtype) -> None:
     """Samples of any sizes (empty ones too), in order or not: the same values and gradient as PyG's
     scatter max, bit for bit, ties included, from row-wise indexing instead of the scatter's backward."""
-    from torch_geometric.utils import scatter
-
-    from bottleneck.segment import segment_max
-
     g = torch.Generator().manual_seed(seed)
     samples = len(counts)
     batch = torch.repeat_interleave(torch.arange(samples), torch.tensor(counts, dtype=torch.long))
     shape = (len(batch),) if width == 0 else (len(batch), width)
-    values = torch.randn(*shape, generator=g, dtype=dtype)
-    if ties == "relu":
-        values = values.relu()
-    elif ties == "dead channel" and len(batch):
-        values = values.relu()
-        values[..., 0] = 0.0
-    elif ties == "equal values" and len(batch):
-        values[::2] = values[0].clone()
-    elif ties == "negative":
-        values = -values.abs() - 0.5
+    values = _with_ties(torch.randn(*shape, generator=g, dtype=dtype), ties)
     if shuffled:
         order = torch.randperm(len(batch), generator=g)
         batch, values = batch[order], values[order]
     weights = torch.randn(samples, *shape[1:], generator=g, dtype=dtype)
-    fast_input, ref_input = values.clone().requires_grad_(), values.clone().requires_grad_()
-    fast = segment_max(fast_input, batch, samples)
-    ref = scatter(ref_input, batch, dim=0, dim_size=samples, reduce="max")
-    assert torch.equal(fast, ref)
-    (fast * weights).sum().backward()
-    (ref * weights).sum().backward()
-    assert torch.equal(fast_input.grad, ref_input.grad)
+    _max_and_gradient_match_the_scatter(values, batch, samples, weights)
