@@ -64,6 +64,8 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
     options = {**case.attach_options, **case.joint_options}
     if args.hidden:
         options["attention_gates"] = False
+    if args.keep_warmup is not None:
+        options["keep_warmup"] = args.keep_warmup
     masked = attach(copy.deepcopy(dense), case.modality, keep=TARGET_KEEP, **options)
     teacher = DenseTeacher(dense, weight=args.distill) if args.distill else None
     first = min(math.ceil(case.select_from * args.joint_epochs), args.joint_epochs - 1)
@@ -75,7 +77,7 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
     pick.restore()
     masked.eval()
     return {"seed": seed, "mask_lr_scale": args.mask_lr_scale, "joint_epochs": args.joint_epochs,
-            "distill": args.distill, "attention_gates": not args.hidden,
+            "distill": args.distill, "attention_gates": not args.hidden, "keep_warmup": options.get("keep_warmup", 0.0),
             "sparse_accuracy": evaluate(masked, case.test, sparse=True, sparse_keep=TARGET_KEEP)["accuracy"],
             "masked_accuracy": evaluate(masked, case.test)["accuracy"],
             "dense_accuracy": evaluate(dense, case.test)["accuracy"],
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask-lr-scale", type=float, default=10.0, help="the mask's rate over the model's")
     parser.add_argument("--joint-epochs", type=int, default=6)
     parser.add_argument("--distill", type=float, default=0.0, help="DenseTeacher weight (0: none)")
+    parser.add_argument("--keep-warmup", type=float, default=None,
+                        help="lower the top-k budget to keep 0.25 over this fraction of the run (default: the bench's)")
     parser.add_argument("--hidden", action="store_true", help="closed tokens hidden, not attention-gated")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "bottleneck" / "bert_recipe",
                         help="where the dense models are kept between runs")

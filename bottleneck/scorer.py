@@ -66,31 +66,25 @@ class EquivariantScorer(nn.Module):
         if not self.context:
             return self.head(h)
         context = torch.cat([segment_max(h, batch, num_samples), segment_mean(h, batch, num_samples)], -1)
-        return self._head_with_projected_context(h, context, batch)
+        if not torch.is_grad_enabled():
+            return self._head_with_projected_context(h, context, batch)
+        return self.head(torch.cat([h, broadcast(context, batch)], dim=-1))
 
     def _head_with_projected_context(self, h: Tensor, context: Tensor, batch: Tensor) -> Tensor:
         """``head(cat([h, context[batch]]))`` with the context's share of the first layer per sample.
 
         Splitting the first weight ``W = [W_h | W_c]``, ``W [h_i, c_b] + w = W_h h_i + (W_c c_b + w)``:
         the context goes through its columns once per sample instead of once per unit, and
-        no ``[N, 3H]`` concatenation is built; in the backward pass the context's gradient
-        is a per-sample sum (the ``index_select``'s ``index_add``) instead of a third of an
-        ``[N, 3H]`` product. Same function up to float rounding. Without autograd
-        (explanations, sparse inference) it took the scorer from 1.4 to 0.5 ms on 32
-        clouds of 128-256 points (``hidden=32``, 2 CPU cores); in training, forward and
-        backward took 3.2 against 4.2 ms on the bench BERT's 2,562 tokens (129 features,
-        ``hidden=64``) and 2.3 against 3.1 ms on 4,096 units of 16 features (``hidden=32``).
-        The activations run in place without autograd only.
+        no ``[N, 3H]`` concatenation is built. Same function up to float rounding; used without
+        autograd (explanations, sparse inference), where it took the scorer from 1.4 to 0.5 ms
+        on 32 clouds of 128-256 points (``hidden=32``, 2 CPU cores). Training keeps the
+        concatenated form, whose rounding the demos' trained figures were measured with.
         """
         first = self.head[0]
         width = h.shape[-1]
         per_sample = F.linear(context, first.weight[:, width:], first.bias)
         z = torch.addmm(broadcast(per_sample, batch), h, first.weight[:, :width].t())
-        if not torch.is_grad_enabled():
-            return self._rest_inference(self.head, z)
-        for layer in islice(self.head, 1, None):
-            z = layer(z)
-        return z
+        return self._rest_inference(self.head, z)
 
     def _encode_inference(self, x: Tensor) -> Tensor:
         """:attr:`encode` without autograd, its activations in place (same values, two ``[N, H]`` buffers fewer)."""

@@ -52,10 +52,9 @@ def test_without_context_a_unit_cannot_change_another_units_logit(context: bool)
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
 @pytest.mark.parametrize("grad", [True, False])
 def test_scorer_context_is_the_first_head_layer_on_the_concatenation(grad: bool, activation: str) -> None:
-    """The head's first layer takes the context's share once per sample
-    (``_head_with_projected_context``), with autograd or without (where the activations
-    also run in place): the logits, and with autograd every parameter's gradient, are those
-    of the head on the concatenation [unit, context], and the weights are untouched."""
+    """With autograd the head runs on [unit, context]; without, the context is projected per
+    sample (``_head_with_projected_context``) and the activations run in place: the same
+    logits either way, and the scorer's weights are untouched."""
     import torch
 
     from bottleneck.scorer import EquivariantScorer
@@ -67,21 +66,14 @@ def test_scorer_context_is_the_first_head_layer_on_the_concatenation(grad: bool,
         scorer.encode[0].bias.sub_(0.5)
     weights = [p.detach().clone() for p in scorer.parameters()]
     x, batch = torch.randn(7, 3), torch.tensor([0, 0, 0, 1, 1, 2, 2])
-    upstream = torch.randn(7, 1)
     h = scorer.encode(x)
     context = torch.cat([segment_max(h, batch, 3), segment_mean(h, batch, 3)], -1)
     expected = scorer.head(torch.cat([h, context[batch]], dim=-1))
-    expected_grads = torch.autograd.grad((expected * upstream).sum(), list(scorer.parameters()))
     with torch.set_grad_enabled(grad):
         logits = scorer(x, batch, 3)
     assert logits.requires_grad is grad
     assert torch.allclose(logits, expected, atol=1e-6)
     assert all(torch.equal(before, after) for before, after in zip(weights, scorer.parameters(), strict=True))
-    if grad:
-        grads = torch.autograd.grad((logits * upstream).sum(), list(scorer.parameters()))
-        for got, want in zip(grads, expected_grads, strict=True):
-            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-        assert all(g.abs().sum() > 0 for g in grads)
 
 
 @pytest.mark.parametrize("gate", ["hard_concrete", "concrete", "gaussian", "topk"])
