@@ -71,12 +71,16 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
     first = min(math.ceil(case.select_from * args.joint_epochs), args.joint_epochs - 1)
     pick = BestOnValidation(masked, case.validation, sparse_keep=TARGET_KEEP, start_epoch=first)
     start = time.perf_counter()
-    history = fit(masked, case.train, epochs=args.joint_epochs, lr=case.joint_lr,
+    if args.mask_first_epochs:  # the mask alone on the frozen dense model first (model rate 0)
+        fit(masked, case.train, epochs=args.mask_first_epochs, lr=0.0, mask_lr=args.mask_lr_scale * case.joint_lr,
+            progress=False)
+    history = fit(masked, case.train, epochs=args.joint_epochs, lr=args.model_lr_scale * case.joint_lr,
                   mask_lr=args.mask_lr_scale * case.joint_lr, progress=False, penalty=teacher,
                   max_grad_norm=case.joint_max_grad_norm, on_epoch=pick)
     pick.restore()
     masked.eval()
-    return {"seed": seed, "mask_lr_scale": args.mask_lr_scale, "joint_epochs": args.joint_epochs,
+    return {"seed": seed, "mask_lr_scale": args.mask_lr_scale, "model_lr_scale": args.model_lr_scale,
+            "mask_first_epochs": args.mask_first_epochs, "joint_epochs": args.joint_epochs,
             "distill": args.distill, "attention_gates": not args.hidden, "keep_warmup": options.get("keep_warmup", 0.0),
             "sparse_accuracy": evaluate(masked, case.test, sparse=True, sparse_keep=TARGET_KEEP)["accuracy"],
             "masked_accuracy": evaluate(masked, case.test)["accuracy"],
@@ -91,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask-lr-scale", type=float, default=10.0, help="the mask's rate over the model's")
     parser.add_argument("--joint-epochs", type=int, default=6)
     parser.add_argument("--distill", type=float, default=0.0, help="DenseTeacher weight (0: none)")
+    parser.add_argument("--model-lr-scale", type=float, default=1.0,
+                        help="the model's rate in the joint run over the bench's (the mask's stays at --mask-lr-scale)")
+    parser.add_argument("--mask-first-epochs", type=int, default=0,
+                        help="epochs of the mask alone on the frozen dense model before the joint run")
     parser.add_argument("--keep-warmup", type=float, default=None,
                         help="lower the top-k budget to keep 0.25 over this fraction of the run (default: the bench's)")
     parser.add_argument("--hidden", action="store_true", help="closed tokens hidden, not attention-gated")
