@@ -76,16 +76,18 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
             progress=False)
     history = fit(masked, case.train, epochs=args.joint_epochs, lr=args.model_lr_scale * case.joint_lr,
                   mask_lr=args.mask_lr_scale * case.joint_lr, progress=False, penalty=teacher,
-                  max_grad_norm=case.joint_max_grad_norm, on_epoch=pick)
+                  max_grad_norm=args.max_grad_norm or case.joint_max_grad_norm, on_epoch=pick)
     pick.restore()
     masked.eval()
     return {"seed": seed, "mask_lr_scale": args.mask_lr_scale, "model_lr_scale": args.model_lr_scale,
-            "mask_first_epochs": args.mask_first_epochs, "joint_epochs": args.joint_epochs,
+            "mask_first_epochs": args.mask_first_epochs,
+            "max_grad_norm": args.max_grad_norm or case.joint_max_grad_norm, "joint_epochs": args.joint_epochs,
             "distill": args.distill, "attention_gates": not args.hidden, "keep_warmup": options.get("keep_warmup", 0.0),
             "sparse_accuracy": evaluate(masked, case.test, sparse=True, sparse_keep=TARGET_KEEP)["accuracy"],
             "masked_accuracy": evaluate(masked, case.test)["accuracy"],
             "dense_accuracy": evaluate(dense, case.test)["accuracy"],
             "task_loss_per_epoch": [round(epoch.get("task", float("nan")), 4) for epoch in history.epochs],
+            "grad_norm_per_epoch": [round(epoch.get("grad_norm", float("nan")), 2) for epoch in history.epochs],
             "seconds": time.perf_counter() - start}
 
 
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the model's rate in the joint run over the bench's (the mask's stays at --mask-lr-scale)")
     parser.add_argument("--mask-first-epochs", type=int, default=0,
                         help="epochs of the mask alone on the frozen dense model before the joint run")
+    parser.add_argument("--max-grad-norm", type=float, default=None,
+                        help="clip the joint run's gradient norm here (default: the bench's)")
     parser.add_argument("--keep-warmup", type=float, default=None,
                         help="lower the top-k budget to keep 0.25 over this fraction of the run (default: the bench's)")
     parser.add_argument("--hidden", action="store_true", help="closed tokens hidden, not attention-gated")
