@@ -82,7 +82,7 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
     return {"seed": seed, "mask_lr_scale": args.mask_lr_scale, "model_lr_scale": args.model_lr_scale,
             "mask_first_epochs": args.mask_first_epochs,
             "max_grad_norm": args.max_grad_norm or case.joint_max_grad_norm, "joint_epochs": args.joint_epochs,
-            "distill": args.distill, "attention_gates": not args.hidden, "keep_warmup": options.get("keep_warmup", 0.0),
+            "distill": args.distill, "attention_gates": not args.hidden, "keep_warmup": masked.mask.keep_warmup,
             "sparse_accuracy": evaluate(masked, case.test, sparse=True, sparse_keep=TARGET_KEEP)["accuracy"],
             "masked_accuracy": evaluate(masked, case.test)["accuracy"],
             "dense_accuracy": evaluate(dense, case.test)["accuracy"],
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-grad-norm", type=float, default=None,
                         help="clip the joint run's gradient norm here (default: the bench's)")
     parser.add_argument("--keep-warmup", type=float, default=None,
-                        help="lower the top-k budget to keep 0.25 over this fraction of the run (default: the bench's)")
+                        help="lower the top-k budget to keep 0.25 over this fraction of the run "
+                             "(default: the text modality's, 0.5)")
     parser.add_argument("--hidden", action="store_true", help="closed tokens hidden, not attention-gated")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "bottleneck" / "bert_recipe",
                         help="where the dense models are kept between runs")
