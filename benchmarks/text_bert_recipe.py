@@ -56,9 +56,9 @@ def dense_model(case: SpeedCase, seed: int, cache: Path) -> torch.nn.Module:
         # (seeds 0-4 gave 0.984, 1.000, 1.000, 0.500, 0.844 against 0.990, 1.000, 1.000,
         # 0.955, 1.000 from the cache, same code). The published figures are the cached kind.
         # The joint runs of one command share the shuffling generator, so a seed's order also
-        # depends on the seeds before it: the figures are of ``--seeds 0,1,2,3,4``. A model
-        # trained again is not the cached one to the bit (seed 0: weights up to 4e-5 apart,
-        # 2 threads), and the joint run then ends elsewhere (0.936 against 1.000).
+        # depends on the seeds before it: the figures are of ``--seeds 0,1,2,3,4``. Trained
+        # again, seed 0's model matched the cached one to the bit three times and once was up
+        # to 4e-5 apart (2 threads); its joint run then ended at 0.936 instead of 1.000.
         shuffle = getattr(getattr(case.train, "sampler", None), "generator", None)
         state = shuffle.get_state() if shuffle is not None else None
         fit(model, case.train, epochs=case.epochs, lr=case.lr, progress=False)
