@@ -87,13 +87,25 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
     if args.mask_first_epochs:  # the mask alone on the frozen model (rate 0); the keep warm-up runs in both fits
         fit(masked, case.train, epochs=args.mask_first_epochs, lr=0.0, mask_lr=args.mask_lr_scale * case.joint_lr,
             progress=False)
-    history = fit(masked, case.train, epochs=args.joint_epochs, lr=args.model_lr_scale * case.joint_lr,
+    if args.warmup_distill:  # the budget falls over a first fit that distils from the dense model
+        warm = max(1, round(masked.mask.keep_warmup * args.joint_epochs))
+        masked.mask.keep_warmup = 0.99
+        fit(masked, case.train, epochs=warm, lr=args.model_lr_scale * case.joint_lr,
+            mask_lr=args.mask_lr_scale * case.joint_lr, progress=False,
+            penalty=DenseTeacher(dense, weight=args.warmup_distill), max_grad_norm=clip)
+        masked.mask.keep_warmup = 0.0
+        masked.mask.anneal(1.0)
+        pick.start_epoch = max(0, pick.start_epoch - warm)
+        epochs_left = args.joint_epochs - warm
+    else:
+        epochs_left = args.joint_epochs
+    history = fit(masked, case.train, epochs=epochs_left, lr=args.model_lr_scale * case.joint_lr,
                   mask_lr=args.mask_lr_scale * case.joint_lr, progress=False, penalty=teacher,
                   max_grad_norm=clip, on_epoch=pick)
     pick.restore()
     masked.eval()
     return {"seed": seed, "mask_lr_scale": args.mask_lr_scale, "model_lr_scale": args.model_lr_scale,
-            "mask_first_epochs": args.mask_first_epochs,
+            "mask_first_epochs": args.mask_first_epochs, "warmup_distill": args.warmup_distill,
             "max_grad_norm": clip, "joint_epochs": args.joint_epochs,
             "distill": args.distill, "attention_gates": not args.hidden, "keep_warmup": masked.mask.keep_warmup,
             "sparse_accuracy": evaluate(masked, case.test, sparse=True, sparse_keep=TARGET_KEEP)["accuracy"],
@@ -116,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the mask alone on the frozen dense model before the joint run")
     parser.add_argument("--max-grad-norm", type=float, default=None,
                         help="clip the joint run's gradient norm here (default: the bench's)")
+    parser.add_argument("--warmup-distill", type=float, default=0.0,
+                        help="distil from the dense model at this weight while the budget falls, then stop "
+                             "(the task losses reported are those of the epochs after)")
     parser.add_argument("--keep-warmup", type=float, default=None,
                         help="lower the top-k budget to keep 0.25 over this fraction of the run "
                              "(default: the text modality's, 0.5)")
