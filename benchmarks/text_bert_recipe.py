@@ -83,15 +83,14 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
     first = min(math.ceil(case.select_from * args.joint_epochs), args.joint_epochs - 1)
     pick = BestOnValidation(masked, case.validation, sparse_keep=TARGET_KEEP, start_epoch=first)
     clip = case.joint_max_grad_norm if args.max_grad_norm is None else args.max_grad_norm
+    model_lr, mask_lr = args.model_lr_scale * case.joint_lr, args.mask_lr_scale * case.joint_lr
     start = time.perf_counter()
     if args.mask_first_epochs:  # the mask alone on the frozen model (rate 0); the keep warm-up runs in both fits
-        fit(masked, case.train, epochs=args.mask_first_epochs, lr=0.0, mask_lr=args.mask_lr_scale * case.joint_lr,
-            progress=False)
+        fit(masked, case.train, epochs=args.mask_first_epochs, lr=0.0, mask_lr=mask_lr, progress=False)
     if args.warmup_distill:  # the budget falls over a first fit that distils from the dense model
         warm = max(1, round(masked.mask.keep_warmup * args.joint_epochs))
         masked.mask.keep_warmup = 0.99
-        fit(masked, case.train, epochs=warm, lr=args.model_lr_scale * case.joint_lr,
-            mask_lr=args.mask_lr_scale * case.joint_lr, progress=False,
+        fit(masked, case.train, epochs=warm, lr=model_lr, mask_lr=mask_lr, progress=False,
             penalty=DenseTeacher(dense, weight=args.warmup_distill), max_grad_norm=clip)
         masked.mask.keep_warmup = 0.0
         masked.mask.anneal(1.0)
@@ -99,8 +98,8 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
         epochs_left = args.joint_epochs - warm
     else:
         epochs_left = args.joint_epochs
-    history = fit(masked, case.train, epochs=epochs_left, lr=args.model_lr_scale * case.joint_lr,
-                  mask_lr=args.mask_lr_scale * case.joint_lr, progress=False, penalty=teacher,
+    history = fit(masked, case.train, epochs=epochs_left, lr=model_lr, mask_lr=mask_lr, progress=False,
+                  penalty=teacher,
                   max_grad_norm=clip, on_epoch=pick)
     pick.restore()
     masked.eval()

@@ -186,9 +186,9 @@ def _attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, dropout_
     the CPU flash kernel that SDPA itself dispatches to there; where that kernel is
     missing (older PyTorch) or on other devices, plain SDPA.
     """
-    if query.device.type == "cpu" and _cpu_flash_attention() is not None:
-        out, log_sum_exp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, dropout_p, False, attn_mask=mask, scale=scale)
+    flash = _cpu_flash_attention() if query.device.type == "cpu" else None
+    if flash is not None:
+        out, log_sum_exp = flash(query, key, value, dropout_p, False, attn_mask=mask, scale=scale)
         return out, log_sum_exp
     return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask,
                                                             dropout_p=dropout_p, scale=scale), None
