@@ -218,6 +218,43 @@ def test_vit_training_gives_closed_patches_gradients_through_the_attention() -> 
     assert closed.any() and (grad[closed] != 0).all() and (grad[~closed] != 0).all()
 
 
+
+def test_vit_attention_gradient_share_trains_the_mask_from_a_share_of_the_images(tmp_path) -> None:
+    """``attention_gradient_share=0.5`` on a one-layer ViT: two of four images' gates get a gradient.
+
+    The option is saved with the mask and restored with it.
+    """
+    from bottleneck_image.models import make_vit
+
+    def vit() -> nn.Module:
+        torch.manual_seed(0)
+        return make_vit(4, image_size=16, patch_size=4, hidden_size=32, num_layers=1, num_heads=2,
+                        intermediate_size=64)
+
+    masked = bottleneck.attach(vit(), "image", keep=0.25, gate="topk", attention_gradient_share=0.5).train()
+    logits: list[torch.Tensor] = []
+
+    def keep_logits(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
+        output.retain_grad()
+        logits.append(output)
+
+    masked.mask.scorer.register_forward_hook(keep_logits)
+    out = masked(images(batch=4))
+    out.output.logits.logsumexp(-1).sum().backward()
+    per_image = (logits[0].grad.view(4, -1) != 0).any(1)
+    assert int(per_image.sum()) == 2
+    path = bottleneck.save_mask(masked, tmp_path / "mask.safetensors")
+    assert bottleneck.load(path, vit()).modality_options == {"attention_gradient_share": 0.5}
+
+
+@pytest.mark.parametrize("share", [0.0, 2, "all"])
+def test_attention_gradient_share_errors(share: object) -> None:
+    with pytest.raises(BottleneckError, match="attention_gradient_share must be a fraction"):
+        bottleneck.attach(tiny_vit(), "image", attention_gradient_share=share)
+    with pytest.raises(BottleneckError, match="applies to a ViT's patch gates.*no patch tokens"):
+        bottleneck.attach(tiny_cnn(), "image", attention_gradient_share=0.5)
+
+
 # -- hidden insertion ----------------------------------------------------------------
 class BlobNet(nn.Module):
     """Defined here, unknown to the library: two conv stages and a linear head."""

@@ -233,3 +233,82 @@ def test_closed_keys_get_the_gradient_they_would_get_at_the_floor(monkeypatch, b
     assert torch.equal(got_bias.grad[closed] != 0, ref_bias.grad[closed] != 0)
     torch.testing.assert_close(got_bias.grad[closed], ref_bias.grad[closed], atol=0, rtol=1e-4)
     torch.testing.assert_close(got_bias.grad[~closed], ref_bias.grad[~closed], atol=1e-6, rtol=1e-4)
+
+
+def _bias_gradient(share: float, seed: int = 0, batch: int = 6) -> Tensor:
+    """``[B, H, T]`` bias gradient of one attention call over ``batch`` samples, ``share`` of them drawn."""
+    gen = torch.Generator().manual_seed(5)
+    query, key, value = (torch.randn(batch, 3, 5, 8, generator=gen) for _ in range(3))
+    gates = (torch.rand(batch, 3, 1, 5, generator=gen) < 0.6).float()
+    gates[..., 0] = 1.0
+    bias = torch.log(GATE_FLOOR + gates).requires_grad_()
+    upstream = torch.randn(batch, 5, 3, 8, generator=gen)
+    torch.manual_seed(seed)
+    with key_bias_attention_on(_AttentionModule(), gradient_share=share):
+        out, _ = key_bias.key_bias_attention(_AttentionModule().eval(), query, key, value, bias)
+    (out * upstream).sum().backward()
+    return bias.grad[:, :, 0, :]
+
+
+@pytest.mark.parametrize(("batch", "share", "runs"), [(6, 1 / 3, [[0, 1], [2, 3], [4, 5]]),
+                                                      (7, 0.25, [[0, 1], [2, 3], [4, 5], [6]])])
+def test_a_share_of_the_samples_gets_the_whole_batchs_gradient_unbiased(batch: int, share: float,
+                                                                        runs: list[list[int]]) -> None:
+    """A run of ``round(share * B)`` consecutive samples drawn per call, with ``G`` times its exact gradient.
+
+    The batch splits into ``G`` runs (the last one shorter when they do not divide it); each is
+    as likely to be drawn, so every sample's expected gradient is its exact one: averaged over
+    many draws the gradient comes close to it, and every run is drawn now and then.
+    """
+    exact = _bias_gradient(1.0, batch=batch)
+    assert (exact.flatten(1) != 0).all(1).all()
+    draws = [_bias_gradient(share, seed, batch) for seed in range(300)]
+    seen = []
+    for got in draws:
+        rows = (got.flatten(1) != 0).any(1)
+        assert rows.nonzero().view(-1).tolist() in runs
+        torch.testing.assert_close(got[rows], len(runs) * exact[rows], atol=1e-6, rtol=1e-4)
+        seen.append(rows)
+    share_drawn = torch.stack(seen).float().mean(0)
+    assert ((share_drawn - 1 / len(runs)).abs() < 0.1).all()
+    mean = torch.stack(draws).mean(0)
+    assert ((mean - exact).norm() / exact.norm()) < 0.2
+
+
+def test_a_share_of_one_is_the_exact_gradient_and_draws_nothing() -> None:
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    exact = _bias_gradient(1.0)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(_bias_gradient(1.0), exact)
+
+
+@pytest.mark.parametrize("share", [0, 1.5, -0.1, True, "0.5", None])
+def test_a_gradient_share_outside_0_1_is_a_clear_error(share: object) -> None:
+    from bottleneck.errors import BottleneckError
+
+    with pytest.raises(BottleneckError, match=r"gradient_share must be a fraction in \(0, 1\]"):
+        with key_bias_attention_on(small_vit(), gradient_share=share):  # type: ignore[arg-type]
+            pass
+
+
+def test_open_patch_gates_get_their_gradient_from_the_drawn_images_of_each_layer() -> None:
+    """A one-layer ViT, 4 images, share 0.5: exactly two images' patch gates get a gradient, twice theirs."""
+    torch.manual_seed(0)
+    model = make_vit(5, image_size=16, patch_size=4, hidden_size=32, num_layers=1, num_heads=4,
+                     intermediate_size=64)
+    model.config._attn_implementation = "sdpa"
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    kept = torch.rand(4, 16, generator=torch.Generator().manual_seed(2)) < 0.5
+
+    def gate_gradient(share: float) -> Tensor:
+        gates = kept.float().requires_grad_()
+        logits = forward_with_open_patches(model, x, kept, gates=gates, gradient_share=share).logits
+        logits.square().sum().backward()
+        return gates.grad
+
+    exact = gate_gradient(1.0)
+    got = gate_gradient(0.5)
+    rows = (got != 0).any(1)
+    assert int(rows.sum()) == 2 and (exact != 0).any(1).all()
+    torch.testing.assert_close(got[rows], 2 * exact[rows], atol=1e-6, rtol=1e-4)

@@ -88,6 +88,23 @@ def test_attention_gates_need_a_hugging_face_model_a_boolean_and_the_remove_base
         bottleneck.attach(tiny_bert(), "text", attention_gates=True, baseline="zero")
 
 
+
+def test_attention_gradient_share_gives_a_share_of_the_texts_their_gate_gradient() -> None:
+    """A one-layer BERT, three texts, share 1/3: one text's gates get a gradient, the others none."""
+    torch.manual_seed(0)
+    model = make_bert(VOCAB, 2, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                      max_position=16).train()
+    hard = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1], dtype=torch.float32)  # 6 + 4 + 2 units
+    gates = hard.clone().requires_grad_()
+    gated_logits(model, gates, attention_gates=True, attention_gradient_share=1 / 3)[:, 0].sum().backward()
+    per_text = torch.stack([part.ne(0).any() for part in gates.grad.split([6, 4, 2])])
+    assert int(per_text.sum()) == 1
+    with pytest.raises(BottleneckError, match="attention_gradient_share applies to token gates.*attention_gates=True"):
+        bottleneck.attach(tiny_bert(), "text", attention_gradient_share=0.5)
+    with pytest.raises(BottleneckError, match="attention_gradient_share must be a fraction"):
+        bottleneck.attach(tiny_bert(), "text", attention_gates=True, attention_gradient_share=0)
+
+
 def test_attention_gates_refuse_fractional_gates() -> None:
     soft = torch.full((12,), 0.5, requires_grad=True)  # a scaled-down token can still be read
     with pytest.raises(BottleneckError, match="needs hard 0/1 gates in training.*fractional"):

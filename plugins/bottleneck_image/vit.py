@@ -194,7 +194,7 @@ def _check_no_mask(kwargs: dict[str, Any], what: str) -> None:
 
 def forward_with_open_patches(
     model: nn.Module, pixel_values: Tensor, open_patches: Tensor, *args: Any, gates: Tensor | None = None,
-    **kwargs: Any,
+    gradient_share: float = 1.0, **kwargs: Any,
 ) -> Any:
     """Run ``model`` with closed patch tokens hidden from attention; returns the model's output.
 
@@ -226,6 +226,9 @@ def forward_with_open_patches(
         pixel_values: images [B, C, H, W].
         open_patches: bool [B, num_patches], True for patches to use.
         gates: optional differentiable gates [B, num_patches] equal to ``open_patches``.
+        gradient_share: with ``gates``, the share of the images whose gates get their
+            gradient through each attention layer, unbiased (see
+            :func:`~bottleneck.key_bias_attention.key_bias_attention_on`).
         *args, **kwargs: passed on to ``model``.
     """
     what = "forward_with_open_patches"
@@ -240,7 +243,8 @@ def forward_with_open_patches(
         raise BottleneckError(f"expected float gates of shape {list(open_patches.shape)}, got {describe(gates)}")
     weights = torch.cat([prefix.to(gates.dtype), gates], dim=1)  # gate_attention_bias works in float32
     bias = gate_attention_bias(weights)
-    with key_bias_attention_on(model):  # fused SDPA kernels, the bias's gradient computed beside them
+    # fused SDPA kernels, the bias's gradient computed beside them
+    with key_bias_attention_on(model, gradient_share=gradient_share):
         return model(pixel_values, *args, attention_mask=bias.to(pixel_values.dtype), **kwargs)
 
 

@@ -61,13 +61,14 @@ import torch
 from torch import Tensor, nn
 
 from bottleneck.errors import BottleneckError, describe
-from bottleneck.key_bias_attention import gate_attention_bias, key_bias_attention_on
+from bottleneck.key_bias_attention import check_gradient_share, gate_attention_bias, key_bias_attention_on
 from bottleneck.modality import Modality
 from bottleneck.units import Units
 
 from .shorten import Packed, forward_packed, pack_kept
 
-OPTIONS = ("embedding", "special_ids", "mask_special", "placeholder_id", "attention_gates")
+OPTIONS = ("embedding", "special_ids", "mask_special", "placeholder_id", "attention_gates",
+           "attention_gradient_share")
 #: Largest gradient one token's gate takes through its attention bias (``attention_gates``):
 #: the sign is what a top-k ranking acts on; unbounded, closed tokens of a small BERT got
 #: 1e10-1e12 (see :func:`~bottleneck.key_bias_attention.gate_attention_bias`).
@@ -199,6 +200,10 @@ class TextModality(Modality):
     :param attends: the model takes an ``attention_mask`` (enables ``remove``).
     :param attention_gates: with ``remove``, training gates each token's attention weight
         (a per-key bias, Hugging Face models and 0/1 gates only) instead of its embedding.
+    :param attention_gradient_share: with ``attention_gates``, the share of a batch's
+        texts whose token gates get their gradient through each attention layer, drawn
+        anew per layer and scaled to keep the gradient unbiased (1, the default: every
+        text; see :mod:`~bottleneck.key_bias_attention`).
     """
 
     name = "text"
@@ -214,6 +219,7 @@ class TextModality(Modality):
         attends: bool = False,
         takes_positions: bool = False,
         attention_gates: bool = False,
+        attention_gradient_share: float = 1.0,
     ) -> None:
         self.embedding = embedding
         self.special_ids = tuple(int(i) for i in special_ids)
@@ -221,6 +227,12 @@ class TextModality(Modality):
         self.placeholder_id = placeholder_id
         self.attends, self.takes_positions = attends, takes_positions
         self.attention_gates = attention_gates
+        self.attention_gradient_share = check_gradient_share(attention_gradient_share, "attention_gradient_share")
+        if not attention_gates and self.attention_gradient_share != 1.0:
+            raise BottleneckError(
+                "attention_gradient_share applies to token gates trained through the attention; "
+                f"set attention_gates=True (got attention_gradient_share={attention_gradient_share!r} without it)"
+            )
         if attends:
             self.baselines = ("remove", "learned", "zero")
 
@@ -253,6 +265,7 @@ class TextModality(Modality):
             embedding, tuple(special), bool(options.get("mask_special", False)), placeholder,
             attends=_accepts(model, "attention_mask"), takes_positions=_accepts(model, "position_ids"),
             attention_gates=attention_gates,
+            attention_gradient_share=options.get("attention_gradient_share", 1.0),
         )
 
     def check_baseline(self, baseline: str) -> str:
@@ -466,7 +479,8 @@ class TextModality(Modality):
         inputs = ({"inputs_embeds": batch.inputs_embeds} if batch.inputs_embeds is not None
                   else {"input_ids": batch.input_ids})
         dtype = batch.inputs_embeds.dtype if batch.inputs_embeds is not None else self._embedding_dtype()
-        with key_bias_attention_on(model):  # fused SDPA kernels, the bias's gradient computed beside them
+        # fused SDPA kernels, the bias's gradient computed beside them
+        with key_bias_attention_on(model, gradient_share=self.attention_gradient_share):
             return model(*args, **batch.extra, **inputs, attention_mask=bias.to(dtype), **kwargs)
 
     def _embedding_dtype(self) -> torch.dtype:
