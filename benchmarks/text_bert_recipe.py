@@ -78,6 +78,8 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
         options["attention_gates"] = False
     if args.keep_warmup is not None:
         options["keep_warmup"] = args.keep_warmup
+    if args.attention_gradient_share is not None:
+        options["attention_gradient_share"] = args.attention_gradient_share
     masked = attach(copy.deepcopy(dense), case.modality, keep=TARGET_KEEP, **options)
     teacher = DenseTeacher(dense, weight=args.distill) if args.distill else None
     first = min(math.ceil(case.select_from * args.joint_epochs), args.joint_epochs - 1)
@@ -107,6 +109,7 @@ def run_seed(case: SpeedCase, seed: int, args: argparse.Namespace) -> dict[str, 
             "mask_first_epochs": args.mask_first_epochs, "warmup_distill": args.warmup_distill,
             "max_grad_norm": clip, "joint_epochs": args.joint_epochs,
             "distill": args.distill, "attention_gates": not args.hidden, "keep_warmup": masked.mask.keep_warmup,
+            "attention_gradient_share": options.get("attention_gradient_share", 1.0),
             "sparse_accuracy": evaluate(masked, case.test, sparse=True, sparse_keep=TARGET_KEEP)["accuracy"],
             "masked_accuracy": evaluate(masked, case.test)["accuracy"],
             "dense_accuracy": evaluate(dense, case.test)["accuracy"],
@@ -134,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="lower the top-k budget to keep 0.25 over this fraction of the run "
                              "(default: the text modality's, 0.5)")
     parser.add_argument("--hidden", action="store_true", help="closed tokens hidden, not attention-gated")
+    parser.add_argument("--attention-gradient-share", type=float, default=None,
+                        help="share of each batch's texts whose gates get their gradient per attention layer "
+                             "(default: the bench case's)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "bottleneck" / "bert_recipe",
                         help="where the dense models are kept between runs")
     parser.add_argument("--json", type=Path, help="append one JSON line per seed here")

@@ -152,14 +152,16 @@ def gate_attention_bias(weights: Tensor, *, grad_bound: float | None = None) -> 
     return torch.log(GATE_FLOOR + (1.0 - GATE_FLOOR) * weights)[:, None, None, :]
 
 
-def _key_bias_closed(mask: Tensor | None, query: Tensor, key: Tensor) -> tuple[Tensor, bool, bool] | None:
-    """``(closed, any closed, every query keeps an open key)`` of a per-key bias, or ``None`` for another mask.
+#: Within a :func:`key_bias_attention_on` block, each per-key bias's mask for the fused kernel, by
+#: ``(id(bias), dtype)``: every layer of a model gets the same bias tensor, so its checks and their
+#: host sync run once per forward pass instead of once per layer.
+_VISIBLE: ContextVar[dict[tuple[int, torch.dtype], tuple[Tensor, int, Tensor | None]] | None] = ContextVar(
+    "bottleneck_key_bias_visible", default=None)
 
-    A per-key bias is a finite float ``[B, 1 | H, 1, T]`` mask that needs a gradient, on
-    heads without key sharing; ``closed`` marks its keys below :data:`CLOSED_BIAS`. The
-    finiteness and both flags come from one host sync.
-    """
-    if not (
+
+def _is_per_key_bias(mask: Tensor | None, query: Tensor, key: Tensor) -> bool:
+    """A float ``[B, 1 | H, 1, T]`` mask that needs a gradient, on heads without key sharing."""
+    return (
         mask is not None
         and mask.is_floating_point()
         and mask.requires_grad
@@ -167,12 +169,37 @@ def _key_bias_closed(mask: Tensor | None, query: Tensor, key: Tensor) -> tuple[T
         and mask.shape[2] == 1
         and mask.shape[-1] == key.shape[2]
         and key.shape[1] == query.shape[1]
-    ):
+    )
+
+
+def _visible_keys(mask: Tensor | None, query: Tensor, key: Tensor) -> Tensor | None:
+    """The detached mask the fused kernel takes, closed keys at ``-inf``; ``None`` for another mask.
+
+    Only a finite per-key bias (:func:`_is_per_key_bias`) qualifies; its keys below
+    :data:`CLOSED_BIAS` are closed. A row whose every key is closed keeps them at the
+    floor (removing them would leave it nothing to attend). The finiteness and both
+    flags come from one host sync, once per bias within a :func:`key_bias_attention_on`
+    block (:data:`_VISIBLE`).
+    """
+    if not _is_per_key_bias(mask, query, key):
         return None
+    assert mask is not None
+    cache = _VISIBLE.get()
+    slot = (id(mask), query.dtype)
+    if cache is not None and slot in cache and cache[slot][0] is mask and cache[slot][1] == mask._version:
+        return cache[slot][2]
     closed = mask < CLOSED_BIAS
     finite, any_closed, every_query_sees_a_key = torch.stack(
         [torch.isfinite(mask).all(), closed.any(), (~closed).any(-1).all()]).tolist()
-    return (closed, any_closed, every_query_sees_a_key) if finite else None
+    visible = None
+    if finite:
+        visible = mask.detach()
+        if any_closed and every_query_sees_a_key:  # else a row would attend to nothing: the floor stays
+            visible = visible.masked_fill(closed, float("-inf"))
+        visible = visible.to(query.dtype)
+    if cache is not None:
+        cache[slot] = (mask, mask._version, visible)
+    return visible
 
 
 def key_bias_attention(
@@ -197,18 +224,14 @@ def key_bias_attention(
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    found = None if kwargs.get("position_bias") is not None else _key_bias_closed(attention_mask, query, key)
-    if found is None:
+    visible = None if kwargs.get("position_bias") is not None else _visible_keys(attention_mask, query, key)
+    if visible is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     assert attention_mask is not None
-    closed, any_closed, every_query_sees_a_key = found
     scale = key.shape[-1] ** -0.5 if scaling is None else scaling
     dropout_p = dropout if module.training else 0.0
-    visible = attention_mask.detach()
-    if any_closed and every_query_sees_a_key:  # else a row would attend to nothing: the floor stays
-        visible = visible.masked_fill(closed, float("-inf"))
-    out, log_sum_exp = _attention(query, key, value, visible.to(query.dtype), dropout_p, scale)
+    out, log_sum_exp = _attention(query, key, value, visible, dropout_p, scale)
     out = out.transpose(1, 2).contiguous()
     if not torch.is_grad_enabled():
         return out, None
@@ -394,10 +417,11 @@ def key_bias_attention_on(model: nn.Module, *, gradient_share: float = 1.0) -> I
         _register()
     for config in configs.values():
         config._attn_implementation = KEY_BIAS_SDPA
-    token = _GRADIENT_SHARE.set(share)
+    share_token, visible_token = _GRADIENT_SHARE.set(share), _VISIBLE.set({})
     try:
         yield bool(configs)
     finally:
-        _GRADIENT_SHARE.reset(token)
+        _VISIBLE.reset(visible_token)
+        _GRADIENT_SHARE.reset(share_token)
         for config in configs.values():
             config._attn_implementation = "sdpa"

@@ -312,3 +312,47 @@ def test_open_patch_gates_get_their_gradient_from_the_drawn_images_of_each_layer
     rows = (got != 0).any(1)
     assert int(rows.sum()) == 2 and (exact != 0).any(1).all()
     torch.testing.assert_close(got[rows], 2 * exact[rows], atol=1e-6, rtol=1e-4)
+
+
+class _OpCount(TorchDispatchMode):
+    """Counts the ATen operations run inside it, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = func.overloadpacket.__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_the_bias_is_checked_once_per_forward_pass_not_once_per_layer(layers: int) -> None:
+    """Every layer gets the same bias: its checks (one host sync) and its kernel mask are made once."""
+    model = make_vit(5, image_size=16, patch_size=4, hidden_size=32, num_layers=layers, num_heads=4,
+                     intermediate_size=64).train()
+    model.config._attn_implementation = "sdpa"
+    bias = gate_bias().requires_grad_()
+    x = torch.randn(3, 3, 16, 16)
+    with key_bias_attention_on(model), _OpCount() as ops:
+        model(x, attention_mask=bias)
+    # the closed keys (lt), the three flags read back together (stack) and the kernel's mask (masked_fill)
+    assert (ops.counts.get("lt"), ops.counts.get("stack"), ops.counts.get("masked_fill")) == (1, 1, 1)
+
+
+def test_a_bias_changed_in_place_is_checked_again() -> None:
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 3, 5, 8, generator=gen) for _ in range(3))
+    gates = torch.ones(2, 5)
+    bias = torch.log(GATE_FLOOR + gates)[:, None, None, :].requires_grad_()
+    module = _AttentionModule().eval()
+    with key_bias_attention_on(module):
+        before, _ = key_bias.key_bias_attention(module, query, key, value, bias)
+        with torch.no_grad():
+            bias[:, :, :, 3] = torch.log(torch.tensor(GATE_FLOOR))  # key 3 closed
+        after, _ = key_bias.key_bias_attention(module, query, key, value, bias)
+    gates[:, 3] = 0.0
+    exact = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=gates[:, None, None, :] > 0)
+    torch.testing.assert_close(after, exact.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    assert (after - before).abs().max() > 1e-3
