@@ -287,9 +287,10 @@ def test_a_share_of_one_is_the_exact_gradient_and_draws_nothing() -> None:
 def test_a_gradient_share_outside_0_1_is_a_clear_error(share: object) -> None:
     from bottleneck.errors import BottleneckError
 
-    with pytest.raises(BottleneckError, match=r"gradient_share must be a fraction in \(0, 1\]"):
-        with key_bias_attention_on(small_vit(), gradient_share=share):  # type: ignore[arg-type]
-            pass
+    model = small_vit()
+    with (pytest.raises(BottleneckError, match=r"gradient_share must be a fraction in \(0, 1\]"),
+          key_bias_attention_on(model, gradient_share=share)):  # type: ignore[arg-type]
+        pass
 
 
 def test_open_patch_gates_get_their_gradient_from_the_drawn_images_of_each_layer() -> None:

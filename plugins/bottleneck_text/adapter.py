@@ -61,7 +61,11 @@ import torch
 from torch import Tensor, nn
 
 from bottleneck.errors import BottleneckError, describe
-from bottleneck.key_bias_attention import check_gradient_share, gate_attention_bias, key_bias_attention_on
+from bottleneck.key_bias_attention import (
+    check_gradient_share,
+    gate_attention_bias,
+    key_bias_attention_on,
+)
 from bottleneck.modality import Modality
 from bottleneck.units import Units
 
