@@ -235,14 +235,14 @@ def test_closed_keys_get_the_gradient_they_would_get_at_the_floor(monkeypatch, b
     torch.testing.assert_close(got_bias.grad[~closed], ref_bias.grad[~closed], atol=1e-6, rtol=1e-4)
 
 
-def _bias_gradient(share: float, seed: int = 0, batch: int = 6) -> Tensor:
+def _bias_gradient(share: float, seed: int = 0, batch: int = 6, device: str | torch.device = "cpu") -> Tensor:
     """``[B, H, T]`` bias gradient of one attention call over ``batch`` samples, ``share`` of them drawn."""
     gen = torch.Generator().manual_seed(5)
-    query, key, value = (torch.randn(batch, 3, 5, 8, generator=gen) for _ in range(3))
+    query, key, value = (torch.randn(batch, 3, 5, 8, generator=gen).to(device) for _ in range(3))
     gates = (torch.rand(batch, 3, 1, 5, generator=gen) < 0.6).float()
     gates[..., 0] = 1.0
-    bias = torch.log(GATE_FLOOR + gates).requires_grad_()
-    upstream = torch.randn(batch, 5, 3, 8, generator=gen)
+    bias = torch.log(GATE_FLOOR + gates).to(device).requires_grad_()
+    upstream = torch.randn(batch, 5, 3, 8, generator=gen).to(device)
     torch.manual_seed(seed)
     with key_bias_attention_on(_AttentionModule(), gradient_share=share):
         out, _ = key_bias.key_bias_attention(_AttentionModule().eval(), query, key, value, bias)
@@ -253,16 +253,16 @@ def _bias_gradient(share: float, seed: int = 0, batch: int = 6) -> Tensor:
 @pytest.mark.parametrize(("batch", "share", "runs"), [(6, 1 / 3, [[0, 1], [2, 3], [4, 5]]),
                                                       (7, 0.25, [[0, 1], [2, 3], [4, 5], [6]])])
 def test_a_share_of_the_samples_gets_the_whole_batchs_gradient_unbiased(batch: int, share: float,
-                                                                        runs: list[list[int]]) -> None:
+                                                                        runs: list[list[int]], device) -> None:
     """A run of ``round(share * B)`` consecutive samples drawn per call, with ``G`` times its exact gradient.
 
     The batch splits into ``G`` runs (the last one shorter when they do not divide it); each is
     as likely to be drawn, so every sample's expected gradient is its exact one: averaged over
     many draws the gradient comes close to it, and every run is drawn now and then.
     """
-    exact = _bias_gradient(1.0, batch=batch)
+    exact = _bias_gradient(1.0, batch=batch, device=device)
     assert (exact.flatten(1) != 0).all(1).all()
-    draws = [_bias_gradient(share, seed, batch) for seed in range(300)]
+    draws = [_bias_gradient(share, seed, batch, device) for seed in range(300)]
     seen = []
     for got in draws:
         rows = (got.flatten(1) != 0).any(1)
