@@ -60,7 +60,8 @@ SPARSE_MASK = {"encoder": False, "hidden": 32}
 #: The ViT's patch gates take their gradient through each attention layer from a quarter
 #: of the batch's images, drawn anew per layer and scaled to stay unbiased
 #: (:mod:`~bottleneck.key_bias_attention`): exact, that gradient made the masked step 1.33
-#: times the plain one; at a quarter 1.22 (side by side, 21 repeats). Timed and trained so.
+#: times the plain one; at a quarter 1.22 (side by side:
+#: ``benchmarks/attention_gradient_share.py``). Timed and trained so.
 VIT_GRADIENT_SHARE = 0.25
 #: Basic blocks per stage of the judged CNN: 3 gives the standard CIFAR ResNet-20.
 CNN_BLOCKS = 3
