@@ -1,4 +1,4 @@
-"""Where a small batch's time goes on a GPU: operations, kernel launches and host syncs per call, by batch size.
+"""Where a small batch's time goes: operations (and on a GPU kernel launches and host syncs) per call, by batch size.
 
 On an H200 the bench's 32-sample batches ran every masked call slower than the
 dense model (``benchmarks/results/speed_cuda.md``): the masked training step cost
@@ -12,6 +12,12 @@ depend on them) on its timing batch repeated 1, 4, 16, ... times:
   (the four models with a sparse target) and one explanation (the explain-mode mask, where
   the bench puts it), interleaved (:func:`bottleneck.timing.interleaved`), medians;
   ``speedup`` and ``explain_overhead`` their ratios to the dense forward;
+* ``kept_model_ms``: the model alone on the reduced input that sparse call gives it (timed
+  in the same interleaved rounds). ``mask_ms = sparse_ms - kept_model_ms`` is what choosing
+  and removing the units costs (units, scorer, each sample's top-k, the drop), and
+  ``free_mask_speedup = dense_ms / kept_model_ms`` the speed-up a mask that cost nothing would
+  give: the ceiling for that model and batch, set by how the model's own cost falls with
+  its input;
 * ``plain_step_ms`` / ``masked_step_ms``: a training step (forward, backward) of the
   plain model and of the jointly masked one; ``train_overhead`` their ratio;
 * per call, from one profiled call of each: ``ops`` (top-level ATen operations),
@@ -28,9 +34,14 @@ depend on them) on its timing batch repeated 1, 4, 16, ... times:
 A batch size the device cannot hold (out of memory) is reported as such and the run goes on.
 
 The batch size at which ``speedup`` passes 1 is where sparse inference starts to pay
-on that device. Prints a table and writes JSON::
+on that device. On the CPU the same figures say why a sparse speed-up falls short of
+its target at the bench's batch: the model's own ceiling (``free_mask_speedup``) or the
+mask's fixed cost per call (``mask_ms``), and how both move with the batch. Prints a
+table and writes JSON::
 
     python benchmarks/launch_profile.py --device cuda --times 1,4,16,64 --json launch_cuda.json
+    python benchmarks/launch_profile.py --device cpu --times 1,4 --models PointNet,DGCNN,ViT,BERT \
+        --json benchmarks/results/launch_cpu.json
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch_geometric.data import Batch
 
 from bottleneck.speed import SpeedCase
-from bottleneck.timing import interleaved
+from bottleneck.timing import interleaved, steady_heap
 from bottleneck.train import _to, call_model
 from bottleneck.wrap import _logits_of, attach
 
@@ -133,8 +144,10 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
         if case.sparse_target is not None:
             sparse = attach(case.make_model(), case.modality, keep=KEEP,
                             **{**case.attach_options, **case.joint_options}).to(device).eval()
-            sparse.sparse(inputs, keep=KEEP)
+            reduced = sparse.sparse(inputs, keep=KEEP).inputs
+            adapter = sparse.adapter(inputs)
             inference["sparse"] = lambda: sparse.sparse(inputs, keep=KEEP)
+            inference["kept_model"] = lambda: adapter.call_model(sparse.model, reduced)
 
     def plain_step() -> None:
         plain.zero_grad(set_to_none=True)
@@ -156,8 +169,12 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
     counts.update({name: _count(fn, device) for name, fn in steps.items()})
     ms = {name: 1000 * statistics.median(values) for name, values in times_s.items()}
     samples = case.batch[1].numel() * times
+    sparse_figures = {"speedup": None}
+    if "sparse" in ms:
+        sparse_figures = {"speedup": ms["dense"] / ms["sparse"], "mask_ms": ms["sparse"] - ms["kept_model"],
+                          "free_mask_speedup": ms["dense"] / ms["kept_model"]}
     return {"model": case.name, "samples": samples, **{f"{name}_ms": value for name, value in ms.items()},
-            "speedup": ms["dense"] / ms["sparse"] if "sparse" in ms else None,
+            **sparse_figures,
             "explain_overhead": ms["explain"] / ms["dense"], "train_overhead": ms["masked_step"] / ms["plain_step"],
             **_kernel_ratios(counts), "counts": counts}
 
@@ -173,7 +190,9 @@ def _row(result: dict[str, Any]) -> str:
             return "—"
         return f"{c['ops']}" + (f" / {c['launches']} / {c['syncs']} / {c['kernel_ms']:.2f}" if "launches" in c else "")
 
-    sparse = "— | —" if result["speedup"] is None else f"{result['sparse_ms']:.2f} | x{result['speedup']:.2f}"
+    sparse = ("— | — | — | — | —" if result["speedup"] is None else
+              f"{result['sparse_ms']:.2f} | x{result['speedup']:.2f} | {result['kept_model_ms']:.2f} | "
+              f"{result['mask_ms']:.2f} | x{result['free_mask_speedup']:.2f}")
     return (f"| {result['model']} | {result['samples']} | {result['dense_ms']:.2f} | {sparse} | "
             f"{result['explain_ms']:.2f} | {result['explain_overhead']:.2f} | {result['plain_step_ms']:.2f} | "
             f"{result['masked_step_ms']:.2f} | {result['train_overhead']:.2f} | "
@@ -190,16 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    # as the speed bench: freed memory stays in the heap, or each large call faults its pages in again
+    heap = steady_heap() if device.type == "cpu" else None
     wanted = [name.strip() for name in args.models.split(",")]
     cases = {case.name: case for case in bench_cases()}
     unknown = sorted(set(wanted) - set(cases))
     if unknown:
         parser.error(f"--models {unknown} not among {sorted(cases)}")
     counted = "ops / launches / syncs / kernel ms" if device.type == "cuda" else "ops"
-    print(f"| model | samples | dense ms | sparse ms | speed-up | explain ms | explain overhead | plain step ms "
+    print(f"| model | samples | dense ms | sparse ms | speed-up | kept model ms | mask ms | free-mask speed-up "
+          f"| explain ms | explain overhead | plain step ms "
           f"| masked step ms | train overhead | dense {counted} | sparse {counted} | explain {counted} "
           f"| plain step {counted} | masked step {counted} |")
-    print("|---" * 15 + "|")
+    print("|---" * 18 + "|")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results = []
     for name in wanted:
@@ -214,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:  # after every row: a run stopped by a time limit keeps what it measured
                 args.json.write_text(json.dumps({"device": str(device), "device_name": device_name,
                                                  "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                                 "keep": KEEP, "results": results}, indent=2) + "\n")
+                                                 "keep": KEEP, "heap": heap, "results": results}, indent=2) + "\n")
     return 0
 
 
