@@ -377,9 +377,14 @@ def test_launch_profile_times_and_counts_each_model_per_batch_size(tmp_path) -> 
         assert counts["explain"]["ops"] > 0
         if r["model"] == "PointNet":  # the mask's work comes on top of the model's
             assert r["speedup"] > 0 and counts["sparse"]["ops"] > counts["dense"]["ops"] > 0
+            # the kept model is timed alone: the call's split into model and mask adds up
+            assert r["kept_model_ms"] > 0 and r["mask_ms"] == r["sparse_ms"] - r["kept_model_ms"]
+            assert r["free_mask_speedup"] == r["dense_ms"] / r["kept_model_ms"]
+            assert counts["kept_model"]["ops"] < counts["sparse"]["ops"]
         else:  # a CNN cannot skip pixels: no sparse call
             assert r["speedup"] is None and "sparse" not in counts
     assert "| PointNet | 64 |" in done.stdout and "| CNN | 128 |" in done.stdout
+    assert json.loads(out.read_text())["heap"]["applied"] in (True, False)  # CPU: the bench's heap setting
     bad = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models", "LeNet"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--models ['LeNet'] not among" in bad.stderr
