@@ -26,7 +26,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,4 +130,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)
