@@ -7,6 +7,9 @@ pattern — and checks what the README claims.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,22 @@ def test_vit_sparse_path_removes_tokens_without_losing_accuracy(tmp_path: Path) 
     assert report["sparse_removes_units"]
     assert report["details"]["sparse_keep_rate"] == pytest.approx(0.25)
     assert abs(report["accuracy_sparse"] - report["accuracy_masked"]) <= 0.02
+
+
+def test_mask_seed_benchmark_writes_one_row_per_draw_and_its_summary(tmp_path: Path) -> None:
+    """``benchmarks/image_cnn_mask_seeds.py`` (one epoch each: the file's shape, not the figures)."""
+    out = tmp_path / "seeds.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "image_cnn_mask_seeds.py"), "--epochs", "1",
+                           "--mask-seeds", "1,2", "--keep-warmups", "0.7", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(r["keep_warmup"], r["mask_seed"]) for r in rows] == [(0.7, 1), (0.7, 2)]
+    for r in rows:
+        assert 0.0 <= r["accuracy_masked"] <= 1.0 and 0.0 <= r["gt_auroc"] <= 1.0
+        assert r["within_2_points"] == (r["accuracy_masked"] >= result["accuracy_plain"] - 0.02)
+    summary = result["summary"]["0.7"]
+    assert summary["runs"] == 2 and summary["accuracy_min"] == min(r["accuracy_masked"] for r in rows)
+    assert "keep_warmup 0.7: " in done.stdout
