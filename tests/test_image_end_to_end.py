@@ -22,15 +22,15 @@ pytestmark = pytest.mark.slow
 def test_cnn_on_planted_patterns_keeps_its_accuracy_and_finds_the_pattern(tmp_path: Path) -> None:
     report = run(tmp_path, model="cnn", data="planted", progress=False)
     assert report["keep_rate"] <= 0.3
-    # One draw of a mask trained from scratch beside the model: over the draws measured at
-    # the demo's settings (README, Images) most end within 2 points of plain and the worst
-    # 2.9 below, so this one run is held to 5; a mask that hides the class pattern ends far
+    # One draw of a mask trained from scratch beside the model: of 12 draws measured at the
+    # demo's settings (README, Images) 10 ended within 2 points of plain and the worst 3.5
+    # below, so this one run is held to 5; a mask that hides the class pattern ends far
     # lower (0.125, chance, after one epoch).
     assert report["accuracy_masked"] >= report["accuracy_plain"] - 0.05
     # The mask keeps every glyph, the class pattern and its 2-4 distractors alike (README,
-    # Images), so its AUROC against the class pattern alone sits near 0.9: 0.89-0.93 over
-    # the runs measured (mask seeds, machines). 0.85 clears that spread and stays far above
-    # a mask blind to the pattern (0.5).
+    # Images), so its AUROC against the class pattern alone sits near 0.9: 0.89-0.96 over
+    # the draws measured (mask seeds, machines). 0.85 clears that spread and stays far
+    # above a mask blind to the pattern (0.5).
     assert report["gt_auroc"] >= 0.85
     assert not report["sparse_removes_units"]
 
