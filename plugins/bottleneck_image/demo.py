@@ -37,10 +37,10 @@ DATASETS = ("planted", "digits")
 #: 20 its task loss was still falling (0.35) and on an Intel Xeon its masked accuracy ended
 #: at 0.816 against 1.000 plain (seed 0); at 30, 0.991 and 0.983 (seeds 0 and 1, plain
 #: 1.000 and 0.997). Its keep target falls over the first 70% of training, not the image
-#: modality's default half. Either way 2 draws of 12 ended over 2 points below plain, but
-#: at half 6 and 11 below (0.939, 0.892), at 0.7 only 2.9 and 3.5 (0.971, 0.965), and at 0.7
-#: the mask localises the class pattern better (AUROC median 0.926 against 0.897 over mask
-#: seeds 1-5; ``benchmarks/image_cnn_mask_seeds.py``, README, Images).
+#: modality's default half. Either way 2 draws (of 12 and of 11) ended over 2 points below
+#: plain, but at half 6 and 11 below (0.939, 0.892), at 0.7 only 2.9 and 3.5 (0.971, 0.965),
+#: and at 0.7 the mask localises the class pattern better (AUROC median 0.926 against 0.897
+#: over mask seeds 1-5; ``benchmarks/image_cnn_mask_seeds.py``, README, Images).
 SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
     ("cnn", "planted"): {"epochs": 30, "lr": 3e-3, "train_size": 2000, "keep_warmup": 0.7},
     ("cnn", "digits"): {"epochs": 20, "lr": 3e-3, "train_size": None},
