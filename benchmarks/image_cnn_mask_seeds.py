@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +38,27 @@ import torch
 
 import bottleneck
 from bottleneck_image.data import ImageSet
-from bottleneck_image.demo import SETTINGS, build_model, load_data, localisation_auroc
+from bottleneck_image.demo import (
+    BATCH_SIZE,
+    SETTINGS,
+    build_model,
+    load_data,
+    localisation_auroc,
+    run,
+)
 
-KEEP = 0.25  # the demo's default keep target
+KEEP: float = inspect.signature(run).parameters["keep"].default  # the demo's keep target
 
 
-def int_list(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
-
-
-def float_list(text: str) -> list[float]:
-    return [float(part) for part in text.split(",") if part]
+def comma_list(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse type: ``"1,2,3"`` as ``[cast("1"), cast("2"), cast("3")]``."""
+    return lambda text: [cast(part) for part in text.split(",") if part]
 
 
 def train_loader(train_set: ImageSet, seed: int) -> Any:
     """The demo's training batches, their shuffling started afresh: every run sees the same
     batch order whatever ran before it (one shared loader's order would depend on it)."""
-    return train_set.loader(64, shuffle=True, seed=seed)
+    return train_set.loader(BATCH_SIZE, shuffle=True, seed=seed)
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -89,8 +95,8 @@ def write_results(args: argparse.Namespace, epochs: int, lr: float, accuracy_pla
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="data, model and batch-order seed (the demo's)")
-    parser.add_argument("--mask-seeds", type=int_list, default=[1, 2, 3, 4])
-    parser.add_argument("--keep-warmups", type=float_list, default=[0.5, 0.7])
+    parser.add_argument("--mask-seeds", type=comma_list(int), default=[1, 2, 3, 4])
+    parser.add_argument("--keep-warmups", type=comma_list(float), default=[0.5, 0.7])
     parser.add_argument("--epochs", type=int, default=None, help="default: the demo's (a smoke run: 1)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

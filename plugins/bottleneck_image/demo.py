@@ -58,6 +58,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "vit": {"data": "digits", "gate": "topk", "finetune": True},
 }
 #: The tiny ViT (32x32 RGB -> 64 patch tokens); ``benchmarks/image_vit_sparse.py`` times this one.
+#: Training batch size of every demo run (``benchmarks/image_cnn_mask_seeds.py`` reuses it).
+BATCH_SIZE = 64
 VIT_CONFIG: dict[str, int] = {"hidden_size": 64, "num_layers": 4, "num_heads": 4, "intermediate_size": 128}
 
 
@@ -141,7 +143,7 @@ def run(
     train_set, test_set = load_data(data, train_size, 200 if quick else 1000, seed)
     if quick and data == "digits":
         train_set = train_set[torch.arange(min(500, len(train_set)))]
-    train, test = train_set.loader(64, shuffle=True, seed=seed), test_set.loader(250)
+    train, test = train_set.loader(BATCH_SIZE, shuffle=True, seed=seed), test_set.loader(250)
 
     initial = build_model(model, train_set)
     plain = copy.deepcopy(initial).to(dev)
