@@ -47,6 +47,9 @@ class Gate(nn.Module, abc.ABC):
     params_per_unit: ClassVar[int] = 1
     #: Default weight of :meth:`rate` in the bottleneck loss.
     default_rate_weight: ClassVar[float] = 0.0
+    #: Whether :meth:`rate` is :meth:`expected_open` (the expected L0 norm): the mask layer
+    #: then logs the keep rate it has computed already as the rate, instead of a second pass.
+    rate_is_expected_open: ClassVar[bool] = False
 
     def __init__(self, keep: float = 0.3) -> None:
         super().__init__()
@@ -113,6 +116,7 @@ class HardConcreteGate(Gate):
 
     name = "hard_concrete"
     default_rate_weight = 0.0
+    rate_is_expected_open = True
 
     def __init__(
         self, keep: float = 0.3, temperature: float = 2.0 / 3.0, stretch: tuple[float, float] = (-0.1, 1.1)
@@ -132,7 +136,7 @@ class HardConcreteGate(Gate):
 
     def rsample(self, logits, batch=None, num_samples=1):
         u = _uniform(logits)
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / self.temperature)
+        s = torch.sigmoid((torch.logit(u) + logits) / self.temperature)
         return self._stretch(s)
 
     def deterministic(self, logits, batch=None, num_samples=1):
@@ -182,7 +186,7 @@ class ConcreteGate(Gate):
 
     def rsample(self, logits, batch=None, num_samples=1):
         u = _uniform(logits)
-        return torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / self.temperature)
+        return torch.sigmoid((torch.logit(u) + logits) / self.temperature)
 
     def deterministic(self, logits, batch=None, num_samples=1):
         return torch.sigmoid(logits)

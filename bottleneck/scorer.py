@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import BottleneckError
-from .segment import broadcast, segment_max, segment_mean
+from .segment import broadcast, segment_max_and_mean
 
 #: The scorer's hidden activations by name. ``leaky_relu`` (slope 0.01) cannot die: a ReLU
 #: scorer trained at a high mask learning rate can lose every hidden unit and then outputs
@@ -65,7 +65,7 @@ class EquivariantScorer(nn.Module):
         h = self.encode(x) if torch.is_grad_enabled() else self._encode_inference(x)
         if not self.context:
             return self.head(h)
-        context = torch.cat([segment_max(h, batch, num_samples), segment_mean(h, batch, num_samples)], -1)
+        context = torch.cat(segment_max_and_mean(h, batch, num_samples), -1)
         if not torch.is_grad_enabled():
             return self._head_with_projected_context(h, context, batch)
         return self.head(torch.cat([h, broadcast(context, batch)], dim=-1))

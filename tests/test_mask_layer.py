@@ -109,3 +109,27 @@ def test_scorer_activation_decides_whether_a_dead_scorer_still_learns(activation
 def test_scorer_activation_must_be_known() -> None:
     with pytest.raises(BottleneckError, match=r"activation must be one of \['leaky_relu', 'relu'\] \(got 'tanh'\)"):
         MaskLayer(activation="tanh")
+
+
+@pytest.mark.parametrize("gate", ["hard_concrete", "concrete", "gaussian", "topk"])
+@pytest.mark.parametrize("rate_weight", [0.0, 0.5])
+def test_logged_rate_is_the_gates_rate_term_and_the_bound_penalty_its_excess(gate: str, rate_weight: float) -> None:
+    """The logged rate is the gate's per-sample mean rate, whether it is a loss term or only logged
+    (where the hard-concrete gate's rate, its expected L0, is read off the keep rate); the
+    logit-bound penalty is the mean squared excess of the raw scores beyond the bound."""
+    from bottleneck.objective import rate_loss
+
+    torch.manual_seed(0)
+    layer = MaskLayer(gate, keep=0.4, in_features=3, rate_weight=rate_weight, logit_bound=1e-4)
+    counts = torch.tensor([5, 9, 2])
+    units = Units(x=torch.randn(int(counts.sum()), 3), batch=torch.repeat_interleave(torch.arange(3), counts),
+                  num_samples=3)
+    result = layer(units)
+    raw = layer.scorer(units.x, units.batch, units.num_samples).detach()
+    bounded = raw.clamp(-1e-4, 1e-4).squeeze(-1) if raw.shape[-1] == 1 else raw.clamp(-1e-4, 1e-4)
+    expected = rate_loss(layer.gate, bounded, units.batch, units.num_samples)
+    assert torch.allclose(result.terms["rate"], expected, atol=1e-6)
+    excess = (raw.abs() - 1e-4).clamp(min=0.0).pow(2).mean()
+    assert excess > 0 and torch.allclose(result.terms["logit_bound"], excess, atol=1e-6)
+    result.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.scorer.parameters())

@@ -145,19 +145,28 @@ def test_auroc_perfect_and_reversed() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), width=st.integers(1, 4),
-       seed=st.integers(0, 10_000), shuffled=st.booleans())
+       seed=st.integers(0, 10_000), shuffled=st.booleans(), equal=st.booleans())
 def test_segment_max_and_mean_equal_a_per_sample_loop(counts: list[int], width: int, seed: int,
-                                                      shuffled: bool) -> None:
-    """Values and gradients, on sorted and shuffled units; empty samples give 0."""
-    from bottleneck.segment import segment_max, segment_mean
+                                                      shuffled: bool, equal: bool) -> None:
+    """Values and gradients, on sorted and shuffled units, ragged and of one size (the reshaped
+    reductions of :func:`segment_max_and_mean`); empty samples give 0."""
+    from bottleneck.segment import segment_max, segment_max_and_mean, segment_mean
 
+    if equal:
+        counts = [counts[0]] * len(counts)
     g = torch.Generator().manual_seed(seed)
     batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
     values = torch.randn(len(batch), width, generator=g)
     if shuffled:
         order = torch.randperm(len(batch), generator=g)
         batch, values = batch[order], values[order]
-    for reduce, fn in (("max", segment_max), ("mean", segment_mean)):
+    def pooled_max(*args: object) -> Tensor:
+        return segment_max_and_mean(*args)[0]
+
+    def pooled_mean(*args: object) -> Tensor:
+        return segment_max_and_mean(*args)[1]
+
+    for reduce, fn in (("max", segment_max), ("mean", segment_mean), ("max", pooled_max), ("mean", pooled_mean)):
         got_input = values.clone().requires_grad_()
         got = fn(got_input, batch, len(counts))
         ref_input = values.clone().requires_grad_()
