@@ -136,7 +136,7 @@ class HardConcreteGate(Gate):
 
     def rsample(self, logits, batch=None, num_samples=1):
         u = _uniform(logits)
-        s = torch.sigmoid((torch.logit(u) + logits) / self.temperature)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / self.temperature)
         return self._stretch(s)
 
     def deterministic(self, logits, batch=None, num_samples=1):
@@ -186,7 +186,7 @@ class ConcreteGate(Gate):
 
     def rsample(self, logits, batch=None, num_samples=1):
         u = _uniform(logits)
-        return torch.sigmoid((torch.logit(u) + logits) / self.temperature)
+        return torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / self.temperature)
 
     def deterministic(self, logits, batch=None, num_samples=1):
         return torch.sigmoid(logits)

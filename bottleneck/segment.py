@@ -69,15 +69,16 @@ def segment_max_and_mean(values: Tensor, batch: Tensor, num_samples: int) -> tup
     """``(segment_max, segment_mean)`` of ``values``: a sample's pooled context, as the scorer takes it.
 
     Samples of one size laid out in order (one sample; image patches) are checked for
-    once, and both reductions are then reshaped ones: the scatter mean builds a count and
-    an expanded index in nine tensor operations, where the reshaped mean is one (its
-    backward one division). Part of the cut in the mask layer's fixed cost per call that
-    ``bottleneck.scaling`` measures (with the layer's own: 487 against 420 ATen operations
-    per training step).
+    once. Without autograd (explanations, sparse inference) the mean of such samples is
+    then a reshaped one: the scatter mean builds a count and an expanded index in nine
+    tensor operations, the reshaped mean is one. With autograd the mean stays the
+    scatter's: the reshaped sum rounds differently, and the trained figures (and recipes
+    that flipped on a rounding change before: ``benchmarks/text_bert_recipe.py``) were
+    measured with the scatter's.
     """
     width = _equal_width(values, batch, num_samples)
     largest = _segment_max(values, batch, num_samples, width)
-    if width is None:
+    if width is None or (torch.is_grad_enabled() and values.requires_grad):
         return largest, segment_mean(values, batch, num_samples)
     return largest, values.reshape(num_samples, width, *values.shape[1:]).mean(1)
 

@@ -331,3 +331,23 @@ def test_segment_max_of_ragged_samples_matches_the_scatter_to_the_bit(counts: li
         batch, values = batch[order], values[order]
     weights = torch.randn(samples, *shape[1:], generator=g, dtype=dtype)
     _max_and_gradient_match_the_scatter(values, batch, samples, weights)
+
+
+@settings(max_examples=40, deadline=None)
+@given(samples=st.integers(1, 5), size=st.integers(1, 40), width=st.integers(1, 8), seed=st.integers(0, 10_000))
+def test_pooled_mean_in_training_is_the_scatter_mean_to_the_bit(samples: int, size: int, width: int,
+                                                                seed: int) -> None:
+    """With autograd the scorer's pooled mean rounds as the scatter mean did (trained figures
+    were measured with it); without, samples of one size take the reshaped mean (same values)."""
+    from torch_geometric.utils import scatter
+
+    from bottleneck.segment import segment_max_and_mean
+
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.arange(samples).repeat_interleave(size)
+    values = torch.randn(samples * size, width, generator=g)
+    reference = scatter(values, batch, dim=0, dim_size=samples, reduce="mean")
+    trained = segment_max_and_mean(values.clone().requires_grad_(), batch, samples)[1]
+    assert torch.equal(trained.detach(), reference)
+    with torch.no_grad():
+        assert torch.allclose(segment_max_and_mean(values, batch, samples)[1], reference, atol=1e-6)
