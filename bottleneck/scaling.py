@@ -18,6 +18,9 @@ For each size (1k, 10k, 100k points), one sample of random points:
   level after the points were made, so it counts every allocation of the call (CPU), or
   ``torch.cuda.max_memory_allocated`` on CUDA. A dense ``N x N`` float distance matrix
   would need 37 GiB at 100k points; the chunked kNN must stay under 2 GiB;
+* ``mask_layer_floor``: the same step on :data:`FLOOR_UNITS` units, timed as the judged
+  sizes are: the per-call cost that does not grow with the units, and its share of the
+  1k step (a fixed cost pulls the 10k/1k ratio under 10 however linear the rest is);
 * ``serial_knn_ms``: :func:`bottleneck.neighbors.serial_knn_graph` (k=8), the approximate
   graph the point-cloud mask smooths over, ``O(N log N)``.
 
@@ -41,6 +44,9 @@ from .timing import run_child, steady_heap, time_call, use_threads
 from .units import Units
 
 SIZES = (1_000, 10_000, 100_000)
+#: Units of the mask-layer step timed as the per-call floor: what a step costs before its
+#: units do (kernel launches, small ops on per-sample tensors, autograd bookkeeping).
+FLOOR_UNITS = 10
 K = 16
 #: Neighbours of the point-cloud unit graph (``bottleneck_pointcloud.adapter.GRAPH_K``).
 SERIAL_K = 8
@@ -173,6 +179,14 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
                   f"(peak {row['knn_peak_mib']:.0f} MiB), serial kNN {row['serial_knn_ms']:.1f} ms", flush=True)
     report: dict[str, object] = {"sizes": rows, "k": K, "serial_k": SERIAL_K, "torch_cluster": HAS_TORCH_CLUSTER}
     judged = "mask_layer_ms_one_thread" if dev.type == "cpu" else "mask_layer_ms"
+    # the floor, timed as the judged sizes are: the 10k/1k ratio is (floor + 10k units) / (floor + 1k units),
+    # so a floor near a third of the 1k step's per-unit cost pulls the ratio under 8 however linear the rest is
+    threads = ("--threads", "1") if dev.type == "cpu" else ()
+    floor = _child("--child-layer", FLOOR_UNITS, dev, "--repeats", str(repeats),
+                   *(["--steady-heap"] if hold_heap else []), *threads)
+    report["mask_layer_floor"] = {"units": FLOOR_UNITS, "ms": floor["mask_layer_ms"]}
+    if "1000" in rows:
+        report["mask_layer_floor"]["share_of_1k_step"] = floor["mask_layer_ms"] / rows["1000"][judged]
     report["mask_layer_judged_on"] = "one CPU thread" if dev.type == "cpu" else f"{dev.type}, as timed"
     if "1000" in rows and "10000" in rows:
         ratio = rows["10000"][judged] / rows["1000"][judged]

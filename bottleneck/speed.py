@@ -575,6 +575,11 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
                          f"{scaling['mask_layer_ratio_10k_over_1k']:.2f}; 100k/10k: "
                          f"{_cell(scaling.get('mask_layer_ratio_100k_over_10k'))}; 10k/1k at the run's threads: "
                          f"{_cell(scaling.get('mask_layer_ratio_10k_over_1k_all_threads'))}.")
+        floor = scaling.get("mask_layer_floor")
+        if floor:
+            share = floor.get("share_of_1k_step")
+            lines.append(f"Per-call floor (the step on {floor['units']} units, timed as the ratio's sizes): "
+                         f"{floor['ms']:.2f} ms" + (f", {100 * share:.0f}% of the 1k step." if share else "."))
         fit = scaling.get("mask_layer_fit")
         if fit:
             lines.append(f"Linear fit: {fit['fixed_ms']:.2f} ms per call + {fit['ms_per_1k_units']:.2f} ms per 1k "

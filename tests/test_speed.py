@@ -116,6 +116,9 @@ def test_scaling_section(report: dict) -> None:
     times = [row["mask_layer_ms_one_thread"] for row in scaling["sizes"].values()]
     assert fit["fixed_ms"] + fit["ms_per_1k_units"] * 0.3 == pytest.approx(times[0], rel=1e-6)  # two sizes: exact
     assert scaling["knn_peak_under_2_gib"] is (scaling["knn_peak_mib_at_largest"] < 2048)
+    floor = scaling["mask_layer_floor"]  # the per-call cost under every size, timed as they are
+    assert floor["units"] == 10 and floor["ms"] > 0 and "share_of_1k_step" not in floor  # no 1k size in this run
+    assert "Per-call floor (the step on 10 units" in markdown(report)
 
 
 def test_report_names_the_processor_and_library_versions(report: dict) -> None:
