@@ -128,8 +128,13 @@ def test_logged_rate_is_the_gates_rate_term_and_the_bound_penalty_its_excess(gat
     raw = layer.scorer(units.x, units.batch, units.num_samples).detach()
     bounded = raw.clamp(-1e-4, 1e-4).squeeze(-1) if raw.shape[-1] == 1 else raw.clamp(-1e-4, 1e-4)
     expected = rate_loss(layer.gate, bounded, units.batch, units.num_samples)
-    assert torch.allclose(result.terms["rate"], expected, atol=1e-6)
+    assert torch.equal(result.terms["rate"], expected)  # to the bit: the same operations on the same values
     excess = (raw.abs() - 1e-4).clamp(min=0.0).pow(2).mean()
-    assert excess > 0 and torch.allclose(result.terms["logit_bound"], excess, atol=1e-6)
+    assert excess > 0 and torch.equal(result.terms["logit_bound"], excess)
+    # the penalty's gradient, to the bit, as the abs/clamp/square form gives it
+    leaf = raw.clone().requires_grad_()
+    got = torch.autograd.grad(layer._bounded(leaf)[1], leaf)[0]
+    want = torch.autograd.grad((leaf.abs() - 1e-4).clamp(min=0.0).pow(2).mean(), leaf)[0]
+    assert torch.equal(got, want)
     result.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.scorer.parameters())
