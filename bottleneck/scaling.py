@@ -179,8 +179,8 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
                   f"(peak {row['knn_peak_mib']:.0f} MiB), serial kNN {row['serial_knn_ms']:.1f} ms", flush=True)
     report: dict[str, object] = {"sizes": rows, "k": K, "serial_k": SERIAL_K, "torch_cluster": HAS_TORCH_CLUSTER}
     judged = "mask_layer_ms_one_thread" if dev.type == "cpu" else "mask_layer_ms"
-    # the floor, timed as the judged sizes are: the 10k/1k ratio is (floor + 10k units) / (floor + 1k units),
-    # so a floor near a third of the 1k step's per-unit cost pulls the ratio under 8 however linear the rest is
+    # the floor, timed as the judged sizes are: the 10k/1k ratio is about (floor + 10w) / (floor + w) for w the
+    # work of 1k units, so a floor above 2/7 of w pulls the ratio under 8 however linear the work is
     threads = ("--threads", "1") if dev.type == "cpu" else ()
     floor = _child("--child-layer", FLOOR_UNITS, dev, "--repeats", str(repeats),
                    *(["--steady-heap"] if hold_heap else []), *threads)
