@@ -61,7 +61,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch_geometric.data import Batch
 
 from bottleneck.speed import SpeedCase
-from bottleneck.timing import interleaved, steady_heap
+from bottleneck.timing import interleaved, steady_heap, top_level_ops
 from bottleneck.train import _to, call_model
 from bottleneck.wrap import _logits_of, attach
 
@@ -104,9 +104,7 @@ def _count(fn: Callable[[], Any], device: torch.device) -> dict[str, int]:
     with profile(activities=activities) as prof:  # leaving the profiler waits for the device
         fn()
     events = prof.events()
-    aten = [e for e in events if e.name.startswith("aten::")]
-    top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
-    counts = {"ops": len(top)}
+    counts = {"ops": top_level_ops(events)}
     if device.type == "cuda":
         counts["launches"] = sum(e.name in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel",
                                             "cuLaunchKernelEx") for e in events)

@@ -19,8 +19,10 @@ For each size (1k, 10k, 100k points), one sample of random points:
   ``torch.cuda.max_memory_allocated`` on CUDA. A dense ``N x N`` float distance matrix
   would need 37 GiB at 100k points; the chunked kNN must stay under 2 GiB;
 * ``mask_layer_floor``: the same step on :data:`FLOOR_UNITS` units, timed as the judged
-  sizes are: the per-call cost that does not grow with the units, and its share of the
-  1k step (a fixed cost pulls the 10k/1k ratio under 10 however linear the rest is);
+  sizes are: the per-call cost that does not grow with the units, its share of the 1k
+  step (a fixed cost pulls the 10k/1k ratio under 10 however linear the rest is) and
+  the step's top-level ATen operations (``ops``: what that cost is paid per, and a count
+  that does not move with the machine's load);
 * ``serial_knn_ms``: :func:`bottleneck.neighbors.serial_knn_graph` (k=8), the approximate
   graph the point-cloud mask smooths over, ``O(N log N)``.
 
@@ -40,7 +42,7 @@ import torch
 
 from .layer import MaskLayer
 from .neighbors import HAS_TORCH_CLUSTER, knn_graph, serial_knn_graph
-from .timing import run_child, steady_heap, time_call, use_threads
+from .timing import run_child, steady_heap, time_call, top_level_ops, use_threads
 from .units import Units
 
 SIZES = (1_000, 10_000, 100_000)
@@ -118,6 +120,17 @@ def mask_layer_step(points: int, device: torch.device) -> Callable[[], None]:
     return step
 
 
+def mask_layer_ops(points: int, device: torch.device) -> int:
+    """Top-level ATen operations of one mask-layer step (after a warm-up step), forward and backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = mask_layer_step(points, device)
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return top_level_ops(prof.events())
+
+
 def mask_layer_ms(points: int, device: torch.device, repeats: int, warmup: int = 5) -> float:
     """Median time of one mask-layer step on ``points`` units, after ``warmup`` untimed steps.
 
@@ -184,7 +197,8 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     threads = ("--threads", "1") if dev.type == "cpu" else ()
     floor = _child("--child-layer", FLOOR_UNITS, dev, "--repeats", str(repeats),
                    *(["--steady-heap"] if hold_heap else []), *threads)
-    report["mask_layer_floor"] = {"units": FLOOR_UNITS, "ms": floor["mask_layer_ms"]}
+    report["mask_layer_floor"] = {"units": FLOOR_UNITS, "ms": floor["mask_layer_ms"],
+                                  "ops": mask_layer_ops(FLOOR_UNITS, dev)}
     if "1000" in rows:
         report["mask_layer_floor"]["share_of_1k_step"] = floor["mask_layer_ms"] / rows["1000"][judged]
     report["mask_layer_judged_on"] = "one CPU thread" if dev.type == "cpu" else f"{dev.type}, as timed"

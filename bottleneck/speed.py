@@ -578,8 +578,9 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
         floor = scaling.get("mask_layer_floor")
         if floor:
             share = floor.get("share_of_1k_step")
+            ops = f" ({floor['ops']} top-level ATen operations)" if "ops" in floor else ""
             lines.append(f"Per-call floor (the step on {floor['units']} units, timed as the ratio's sizes): "
-                         f"{floor['ms']:.2f} ms" + (f", {100 * share:.0f}% of the 1k step." if share else "."))
+                         f"{floor['ms']:.2f} ms{ops}" + (f", {100 * share:.0f}% of the 1k step." if share else "."))
         fit = scaling.get("mask_layer_fit")
         if fit:
             lines.append(f"Linear fit: {fit['fixed_ms']:.2f} ms per call + {fit['ms_per_1k_units']:.2f} ms per 1k "

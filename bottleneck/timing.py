@@ -20,7 +20,7 @@ import torch
 
 __all__ = [
     "add_timing_arguments", "interleaved", "quartiles", "run_child", "setup_device", "steady_heap", "time_call",
-    "use_threads",
+    "top_level_ops", "use_threads",
 ]
 
 
@@ -105,6 +105,17 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def top_level_ops(events: Any) -> int:
+    """How many ATen operations a profile recorded that no other ATen operation called (``prof.events()``).
+
+    The operations a caller asked for, forward and backward: the dispatch overhead a call
+    pays per operation (and on a GPU a kernel launch each), not the views and copies those
+    operations make inside themselves.
+    """
+    aten = [e for e in events if e.name.startswith("aten::")]
+    return sum(e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::") for e in aten)
 
 
 def interleaved(

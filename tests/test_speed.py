@@ -118,6 +118,7 @@ def test_scaling_section(report: dict) -> None:
     assert scaling["knn_peak_under_2_gib"] is (scaling["knn_peak_mib_at_largest"] < 2048)
     floor = scaling["mask_layer_floor"]  # the per-call cost under every size, timed as they are
     assert floor["units"] == 10 and floor["ms"] > 0 and "share_of_1k_step" not in floor  # no 1k size in this run
+    assert 100 < floor["ops"] < 1000  # forward and backward of scorer, gates and loss terms: a few hundred
     assert "Per-call floor (the step on 10 units" in markdown(report)
 
 
