@@ -176,15 +176,15 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     under the default allocator.
     """
     dev = torch.device(device)
+    layer = ("--repeats", str(repeats), *(["--steady-heap"] if hold_heap else []))
+    one_thread = ("--threads", "1")
     rows: dict[str, dict[str, float]] = {}
     for points in sizes:
-        heap = ["--steady-heap"] if hold_heap else []
-        layer = ("--repeats", str(repeats), *heap)
         rows[str(points)] = {**_child("--child-layer", points, dev, *layer),
                              "serial_knn_ms": serial_knn_ms(points, dev, repeats),
                              **_child("--child-knn", points, dev)}
         if dev.type == "cpu":  # the work's growth, without the parallel speed-up of larger ops
-            one = _child("--child-layer", points, dev, *layer, "--threads", "1")
+            one = _child("--child-layer", points, dev, *layer, *one_thread)
             rows[str(points)]["mask_layer_ms_one_thread"] = one["mask_layer_ms"]
         if progress:
             row = rows[str(points)]
@@ -194,9 +194,7 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     judged = "mask_layer_ms_one_thread" if dev.type == "cpu" else "mask_layer_ms"
     # the floor, timed as the judged sizes are: the 10k/1k ratio is about (floor + 10w) / (floor + w) for w the
     # work of 1k units, so a floor above 2/7 of w pulls the ratio under 8 however linear the work is
-    threads = ("--threads", "1") if dev.type == "cpu" else ()
-    floor = _child("--child-layer", FLOOR_UNITS, dev, "--repeats", str(repeats),
-                   *(["--steady-heap"] if hold_heap else []), *threads)
+    floor = _child("--child-layer", FLOOR_UNITS, dev, *layer, *(one_thread if dev.type == "cpu" else ()))
     report["mask_layer_floor"] = {"units": FLOOR_UNITS, "ms": floor["mask_layer_ms"],
                                   "ops": mask_layer_ops(FLOOR_UNITS, dev)}
     if "1000" in rows:
