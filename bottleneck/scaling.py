@@ -4,14 +4,20 @@ For each size (1k, 10k, 100k points), one sample of random points:
 
 * ``mask_layer_ms``: one training step of :class:`~bottleneck.layer.MaskLayer` (scorer,
   hard-concrete gates, objective; forward and backward), median of ``repeats`` calls
-  after 5 warm-up calls, in a fresh child process per size; the cost should grow
+  after 5 warm-up calls, in a fresh child process per size (never after another size); the cost should grow
   linearly with the units (the 10k/1k ratio near 10). On CPU it is also timed on one
   thread (``mask_layer_ms_one_thread``), and the judged ratio is that one: PyTorch splits
   an elementwise operation over threads only above a size (about 32k elements), so
   on 2 threads more of the 10k step runs in parallel than of the 1k step (10k: 19.9 ms
   on one thread, 12.0 on two, x1.65; 1k: 2.2 and 1.5, x1.44), and the ratio at the
   machine's threads (7.0-7.9) mixes the growth of the work with a parallel speed-up
-  that grows with the size (one-thread ratio 9.0 in the same run). Both are reported;
+  that grows with the size (one-thread ratio 9.0 in the same run). Both are reported.
+  The judged times of the sizes up to :data:`PAIRED_MAX_UNITS` and of the floor (below)
+  come from one child process that times them in turn, in rounds of short blocks
+  (:func:`paired_mask_layer_ms`): a ratio of two fresh processes mixed their states
+  (the 1k step took 2.8-4.4 ms and the 10k step 25-37 ms from process to process, and
+  the ratio of a pair of processes ranged 5.9-11.8), where blocks in one process put
+  both sizes under the same state (7.6-8.9 over six processes);
 * ``knn_ms`` and ``knn_peak_mib``: :func:`bottleneck.neighbors.knn_graph` (k=16, the exact
   chunked pure-torch search unless torch_cluster imports). Peak memory is measured in a
   fresh child process: the rise of its peak resident set size (``VmHWM``) over the
@@ -34,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
+import statistics
 import sys
 from collections.abc import Callable
 
@@ -49,6 +57,15 @@ SIZES = (1_000, 10_000, 100_000)
 #: Units of the mask-layer step timed as the per-call floor: what a step costs before its
 #: units do (kernel launches, small ops on per-sample tensors, autograd bookkeeping).
 FLOOR_UNITS = 10
+#: The largest size timed in :func:`paired_mask_layer_ms` with the floor and the smaller
+#: sizes: with 100k-unit blocks in the same rounds the 1k step took 4.5 ms against 2.7-3.5
+#: alone and the floor 1.5 against 0.9-1.2 ms (its heap and pages stay with the process),
+#: so larger sizes get a process each.
+PAIRED_MAX_UNITS = 10_000
+#: Rounds of :func:`paired_mask_layer_ms`, and the least time one block of a size is timed
+#: for (a block of the floor is tens of its steps, of 10k units a few).
+PAIRED_ROUNDS = 8
+PAIRED_BLOCK_SECONDS = 0.03
 K = 16
 #: Neighbours of the point-cloud unit graph (``bottleneck_pointcloud.adapter.GRAPH_K``).
 SERIAL_K = 8
@@ -78,6 +95,19 @@ def _child(flag: str, points: int, device: torch.device, *extra: str) -> dict[st
     models holds a large heap and cold caches) does not leak into the figure.
     """
     return run_child("scaling", "bottleneck.scaling", flag, str(points), "--device", str(device), *extra)
+
+
+def _judged_layer_ms(sizes: tuple[int, ...], device: torch.device, args: tuple[str, ...]) -> dict[int, float]:
+    """The judged step times: the floor and the sizes up to :data:`PAIRED_MAX_UNITS` from one
+    :func:`paired_mask_layer_ms` child, each larger size from a child of its own."""
+    paired = sorted({FLOOR_UNITS, *(points for points in sizes if points <= PAIRED_MAX_UNITS)})
+    times = run_child("scaling", "bottleneck.scaling", "--child-layers", ",".join(map(str, paired)),
+                      "--device", str(device), *args)
+    out = {int(points): ms for points, ms in times.items()}
+    for points in sizes:
+        if points not in out:
+            out[points] = _child("--child-layer", points, device, *args)["mask_layer_ms"]
+    return out
 
 
 def knn_child(points: int, device: str) -> dict[str, float]:
@@ -135,12 +165,37 @@ def mask_layer_ms(points: int, device: torch.device, repeats: int, warmup: int =
     """Median time of one mask-layer step on ``points`` units, after ``warmup`` untimed steps.
 
     Each size is timed on its own, in a run of steps as training makes them: timed in
-    turn with the other sizes, a 1k step after a 100k step paid for the caches and
-    allocator pages the large one had taken (2.9 ms against 1.5 ms in a run of 1k
-    steps), which measures the interleaving, not the layer. :func:`run_scaling` calls
-    this in a fresh process for the same reason.
+    turn with the other sizes step by step, a 1k step after a 100k step paid for the
+    caches and allocator pages the large one had taken (2.9 ms against 1.5 ms in a run of
+    1k steps), which measures the interleaving, not the layer. :func:`run_scaling` calls
+    this in a fresh process for the same reason, for the sizes above
+    :data:`PAIRED_MAX_UNITS` and for the figures at the machine's threads; the judged
+    smaller sizes take :func:`paired_mask_layer_ms` (blocks of a size, warmed up).
     """
     return _median_ms(mask_layer_step(points, device), device, repeats, warmup)
+
+
+def paired_mask_layer_ms(sizes: list[int], device: torch.device, repeats: int, *, rounds: int = PAIRED_ROUNDS,
+                         warmup: int = 2) -> dict[int, float]:
+    """Median step time per size, the sizes timed in turn in one process: ``rounds`` rounds of one block each.
+
+    A block is ``warmup`` untimed steps (the previous block's size had the caches), then
+    at least ``ceil(repeats / rounds)`` timed steps and at least
+    :data:`PAIRED_BLOCK_SECONDS` of them. Each size's median is over all its blocks, so
+    the sizes share whatever state the machine and the process were in, and their
+    ratio is the growth of the work rather than the difference between two processes.
+    """
+    steps = {points: mask_layer_step(points, device) for points in sizes}
+    times: dict[int, list[float]] = {points: [] for points in sizes}
+    least = max(1, math.ceil(repeats / rounds))
+    for _ in range(rounds):
+        for points, step in steps.items():
+            for _ in range(warmup):
+                step()
+            first = time_call(step, device)
+            count = max(least, math.ceil(PAIRED_BLOCK_SECONDS / max(first, 1e-6)))
+            times[points] += [first, *(time_call(step, device) for _ in range(count - 1))]
+    return {points: 1000 * statistics.median(seconds) for points, seconds in times.items()}
 
 
 def serial_knn_ms(points: int, device: torch.device, repeats: int) -> float:
@@ -177,28 +232,26 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     """
     dev = torch.device(device)
     layer = ("--repeats", str(repeats), *(["--steady-heap"] if hold_heap else []))
-    one_thread = ("--threads", "1")
+    cpu = dev.type == "cpu"
+    judged = "mask_layer_ms_one_thread" if cpu else "mask_layer_ms"
+    # on CPU the work's growth, without the parallel speed-up of larger ops
+    judged_ms = _judged_layer_ms(sizes, dev, (*layer, *(["--threads", "1"] if cpu else [])))
     rows: dict[str, dict[str, float]] = {}
     for points in sizes:
-        rows[str(points)] = {**_child("--child-layer", points, dev, *layer),
-                             "serial_knn_ms": serial_knn_ms(points, dev, repeats),
-                             **_child("--child-knn", points, dev)}
-        if dev.type == "cpu":  # the work's growth, without the parallel speed-up of larger ops
-            one = _child("--child-layer", points, dev, *layer, *one_thread)
-            rows[str(points)]["mask_layer_ms_one_thread"] = one["mask_layer_ms"]
+        row = _child("--child-layer", points, dev, *layer) if cpu else {}  # the machine's threads, for reference
+        row[judged] = judged_ms[points]
+        row = rows[str(points)] = {**row, "serial_knn_ms": serial_knn_ms(points, dev, repeats),
+                                   **_child("--child-knn", points, dev)}
         if progress:
-            row = rows[str(points)]
             print(f"scaling {points:>7} units: mask layer {row['mask_layer_ms']:.2f} ms, kNN {row['knn_ms']:.0f} ms "
                   f"(peak {row['knn_peak_mib']:.0f} MiB), serial kNN {row['serial_knn_ms']:.1f} ms", flush=True)
     report: dict[str, object] = {"sizes": rows, "k": K, "serial_k": SERIAL_K, "torch_cluster": HAS_TORCH_CLUSTER}
-    judged = "mask_layer_ms_one_thread" if dev.type == "cpu" else "mask_layer_ms"
-    # the floor, timed as the judged sizes are: the 10k/1k ratio is about (floor + 10w) / (floor + w) for w the
+    # the floor, timed with the judged sizes: the 10k/1k ratio is about (floor + 10w) / (floor + w) for w the
     # work of 1k units, so a floor above 2/7 of w pulls the ratio under 8 however linear the work is
-    floor = _child("--child-layer", FLOOR_UNITS, dev, *layer, *(one_thread if dev.type == "cpu" else ()))
-    report["mask_layer_floor"] = {"units": FLOOR_UNITS, "ms": floor["mask_layer_ms"],
+    report["mask_layer_floor"] = {"units": FLOOR_UNITS, "ms": judged_ms[FLOOR_UNITS],
                                   "ops": mask_layer_ops(FLOOR_UNITS, dev)}
     if "1000" in rows:
-        report["mask_layer_floor"]["share_of_1k_step"] = floor["mask_layer_ms"] / rows["1000"][judged]
+        report["mask_layer_floor"]["share_of_1k_step"] = judged_ms[FLOOR_UNITS] / rows["1000"][judged]
     report["mask_layer_judged_on"] = "one CPU thread" if dev.type == "cpu" else f"{dev.type}, as timed"
     if "1000" in rows and "10000" in rows:
         ratio = rows["10000"][judged] / rows["1000"][judged]
@@ -221,16 +274,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--child-knn", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-layer", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-layers", help=argparse.SUPPRESS)
     parser.add_argument("--steady-heap", action="store_true", help="time the mask layer with a steady heap")
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file (stdout has progress lines too)")
     args = parser.parse_args(argv)
     if args.threads:
         use_threads(args.threads)
-    if args.child_layer:
+    if args.child_layer or args.child_layers:
         if args.steady_heap:
             steady_heap()
-        print(json.dumps({"mask_layer_ms": mask_layer_ms(args.child_layer, torch.device(args.device), args.repeats)}))
+        device = torch.device(args.device)
+        if args.child_layers:
+            sizes = [int(points) for points in args.child_layers.split(",")]
+            print(json.dumps(paired_mask_layer_ms(sizes, device, args.repeats)))
+        else:
+            print(json.dumps({"mask_layer_ms": mask_layer_ms(args.child_layer, device, args.repeats)}))
         return 0
     if args.child_knn:
         print(json.dumps(knn_child(args.child_knn, args.device)))

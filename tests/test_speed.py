@@ -122,6 +122,30 @@ def test_scaling_section(report: dict) -> None:
     assert "Per-call floor (the step on 10 units" in markdown(report)
 
 
+def test_paired_layer_timing_times_every_size_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The judged sizes are timed in turn in one process: every size in every round, warmed up, each block
+    at least ``PAIRED_BLOCK_SECONDS`` long (a block of the floor is many of its steps)."""
+    from bottleneck import scaling
+
+    calls: list[int] = []
+    real_step = scaling.mask_layer_step
+
+    def counted_step(points: int, device: torch.device):
+        step = real_step(points, device)
+
+        def run() -> None:
+            calls.append(points)
+            step()
+        return run
+
+    monkeypatch.setattr(scaling, "mask_layer_step", counted_step)
+    times = scaling.paired_mask_layer_ms([10, 400], torch.device("cpu"), repeats=4, rounds=3, warmup=1)
+    assert set(times) == {10, 400} and all(ms > 0 for ms in times.values())
+    runs = [points for i, points in enumerate(calls) if i == 0 or calls[i - 1] != points]
+    assert runs == [10, 400] * 3  # blocks, in turn, every round
+    assert calls.count(10) >= calls.count(400) >= 3 * (1 + 2)  # warm-up + at least ceil(4 / 3) timed per block
+
+
 def test_report_names_the_processor_and_library_versions(report: dict) -> None:
     """Figures move with the processor and the model libraries, so a report says which."""
     from importlib.metadata import version
