@@ -90,7 +90,8 @@ class Constraint(nn.Module):
                 self.multiplier.add_(self.step * violation)
                 if self.kind == "at_most":
                     self.multiplier.clamp_(min=0.0)
-        effective = self.multiplier + self.damping * violation
+        # a damping of 1 (the default) multiplies by one: the same sum, one operation fewer
+        effective = self.multiplier + (violation if self.damping == 1.0 else self.damping * violation)
         if self.kind == "at_most":
             effective = effective.clamp(min=0.0)
         return effective.to(value.dtype) * value

@@ -39,6 +39,25 @@ def test_constraint_term_pushes_the_value_down_only_while_it_is_violated() -> No
     assert slack.grad.item() == 0.0
 
 
+@pytest.mark.parametrize("kind", ["equal", "at_most"])
+def test_unit_damping_gives_the_damped_term_and_gradient_to_the_bit(kind: str) -> None:
+    """The default damping of 1 skips its multiplication: the term and its gradient are those of
+    ``(multiplier + 1.0 * violation) * value``, bit for bit."""
+    constraint = KeepRateConstraint(0.3, step=0.05, kind=kind, damping=1.0)
+    constraint.train()
+    for number in (0.1234567, 0.7654321, 0.3, 0.2999999):
+        value = torch.tensor(number, requires_grad=True)
+        term = constraint(value)  # updates the multiplier first, then uses it
+        (grad,) = torch.autograd.grad(term, value)
+        reference_value = torch.tensor(number, requires_grad=True)
+        effective = constraint.multiplier + 1.0 * (reference_value.detach().float() - 0.3)
+        if kind == "at_most":
+            effective = effective.clamp(min=0.0)
+        reference = effective.to(reference_value.dtype) * reference_value
+        (reference_grad,) = torch.autograd.grad(reference, reference_value)
+        assert torch.equal(term.detach(), reference.detach()) and torch.equal(grad, reference_grad)
+
+
 def test_constraints_validate_their_targets() -> None:
     with pytest.raises(BottleneckError, match=r"epsilon \(KL budget in nats\) target must be a number > 0"):
         FaithfulnessConstraint(epsilon=0.0)

@@ -309,6 +309,9 @@ def test_equal_segments_recognises_only_samples_of_one_size_in_order() -> None:
     assert equal_segments(torch.tensor([0, 0, 1, 1]), 3) is None  # an empty trailing sample
     assert equal_segments(torch.tensor([0, 0, 0]), 2) is None  # 2 does not divide 3
     assert equal_segments(torch.tensor([], dtype=torch.long), 0) is None
+    assert equal_segments(torch.tensor([0, 0, 0]), 1) == 3  # one sample: its own test, the same answers
+    assert equal_segments(torch.tensor([0, 0, 1]), 1) is None
+    assert equal_segments(torch.tensor([1, 1]), 1) is None
 
 
 @settings(max_examples=80, deadline=None)
@@ -334,20 +337,27 @@ def test_segment_max_of_ragged_samples_matches_the_scatter_to_the_bit(counts: li
 
 
 @settings(max_examples=40, deadline=None)
-@given(samples=st.integers(1, 5), size=st.integers(1, 40), width=st.integers(1, 8), seed=st.integers(0, 10_000))
+@given(samples=st.integers(1, 5), size=st.sampled_from([1, 3, 7, 40, 333]), width=st.integers(1, 8),
+       seed=st.integers(0, 10_000), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_pooled_mean_in_training_is_the_scatter_mean_to_the_bit(samples: int, size: int, width: int,
-                                                                seed: int) -> None:
+                                                                seed: int, dtype: torch.dtype) -> None:
     """With autograd the scorer's pooled mean rounds as the scatter mean did (trained figures
-    were measured with it); without, samples of one size take the reshaped mean (same values)."""
+    were measured with it), its gradient too; without, samples of one size take the reshaped
+    mean (same values up to rounding)."""
     from torch_geometric.utils import scatter
 
     from bottleneck.segment import segment_max_and_mean
 
     g = torch.Generator().manual_seed(seed)
     batch = torch.arange(samples).repeat_interleave(size)
-    values = torch.randn(samples * size, width, generator=g)
-    reference = scatter(values, batch, dim=0, dim_size=samples, reduce="mean")
-    trained = segment_max_and_mean(values.clone().requires_grad_(), batch, samples)[1]
-    assert torch.equal(trained.detach(), reference)
+    values = torch.randn(samples * size, width, generator=g, dtype=dtype)
+    weights = torch.randn(samples, width, generator=g, dtype=dtype)
+    leaf = values.clone().requires_grad_()
+    reference = scatter(leaf, batch, dim=0, dim_size=samples, reduce="mean")
+    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), leaf)
+    trained = segment_max_and_mean(leaf, batch, samples)[1]
+    (trained_grad,) = torch.autograd.grad((trained * weights).sum(), leaf)
+    assert torch.equal(trained.detach(), reference.detach())
+    assert torch.equal(trained_grad, reference_grad)
     with torch.no_grad():
         assert torch.allclose(segment_max_and_mean(values, batch, samples)[1], reference, atol=1e-6)
