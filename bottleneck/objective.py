@@ -25,9 +25,9 @@ from .gates import Gate
 from .segment import segment_mean
 
 
-def per_sample_mean(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
-    """``[N] -> [B]`` mean over each sample's units."""
-    return segment_mean(values, batch, num_samples)
+def per_sample_mean(values: Tensor, batch: Tensor, num_samples: int, *, width: int | None = None) -> Tensor:
+    """``[N] -> [B]`` mean over each sample's units (``width``: see :func:`~bottleneck.segment.segment_mean`)."""
+    return segment_mean(values, batch, num_samples, width=width)
 
 
 def rate_loss(gate: Gate, logits: Tensor, batch: Tensor, num_samples: int) -> Tensor:

@@ -10,6 +10,7 @@ predicting one logit per array index from a global vector.
 from __future__ import annotations
 
 from itertools import islice
+from types import EllipsisType
 
 import torch
 import torch.nn.functional as F
@@ -61,11 +62,13 @@ class EquivariantScorer(nn.Module):
             self.head[-1].bias.copy_(torch.tensor(bias, dtype=self.head[-1].bias.dtype))
             self.head[-1].weight.mul_(0.1)
 
-    def forward(self, x: Tensor, batch: Tensor, num_samples: int) -> Tensor:
+    def forward(self, x: Tensor, batch: Tensor, num_samples: int, *, width: int | None | EllipsisType = ...) -> Tensor:
+        """``[N, out_features]`` logits; ``width`` is :func:`~bottleneck.segment.equal_segments` of
+        ``batch`` when the caller has it (``...``: the pooling checks)."""
         h = self.encode(x) if torch.is_grad_enabled() else self._encode_inference(x)
         if not self.context:
             return self.head(h)
-        context = torch.cat(segment_max_and_mean(h, batch, num_samples), -1)
+        context = torch.cat(segment_max_and_mean(h, batch, num_samples, width=width), -1)
         if not torch.is_grad_enabled():
             return self._head_with_projected_context(h, context, batch)
         return self.head(torch.cat([h, broadcast(context, batch)], dim=-1))

@@ -7,6 +7,7 @@ subset with index remapping. No Python loops over samples.
 
 from __future__ import annotations
 
+from types import EllipsisType
 from typing import Any
 
 import torch
@@ -22,14 +23,19 @@ def segment_sum(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     return scatter(values, batch, dim=0, dim_size=num_samples, reduce="sum")
 
 
-def segment_mean(values: Tensor, batch: Tensor, num_samples: int, counts: Tensor | None = None) -> Tensor:
+def segment_mean(values: Tensor, batch: Tensor, num_samples: int, counts: Tensor | None = None, *,
+                 width: int | None = None) -> Tensor:
     """Mean of ``values`` over the units of each sample; empty samples give 0.
 
     ``counts`` (``[B]`` units per sample, as ``torch.bincount(batch)`` gives them) spares
     the count's own scatter when the caller has it already, as a cloud's two per-sample
     means in :meth:`~bottleneck_pointcloud.adapter.PointCloudModality.to_units` do; the
-    quotient is the same, to the bit, as the scatter mean's.
+    quotient is the same, to the bit, as the scatter mean's. ``width`` (what
+    :func:`equal_segments` found: every sample that many units, in order) spares the
+    count altogether, in float32/64, where the sum over the width is that quotient too.
     """
+    if width is not None and values.dtype in _EXACT_COUNT_DTYPES:
+        return _mean_of_sum(values, batch, num_samples, width)
     if counts is None:
         return scatter(values, batch, dim=0, dim_size=num_samples, reduce="mean")
     return _mean_of_sum(values, batch, num_samples, counts)
@@ -55,9 +61,13 @@ def segment_max(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     return _segment_max(values, batch, num_samples, _equal_width(values, batch, num_samples))
 
 
-def _equal_width(values: Tensor, batch: Tensor, num_samples: int) -> int | None:
-    """:func:`equal_segments` where the reshaped reductions apply (float32/64 values), else ``None``."""
-    return equal_segments(batch, num_samples) if values.dtype in _EXACT_COUNT_DTYPES else None
+def _equal_width(values: Tensor, batch: Tensor, num_samples: int,
+                 width: int | None | EllipsisType = ...) -> int | None:
+    """:func:`equal_segments` (or the caller's ``width`` from it) where the reshaped reductions
+    apply (float32/64 values), else ``None``."""
+    if values.dtype not in _EXACT_COUNT_DTYPES:
+        return None
+    return equal_segments(batch, num_samples) if width is ... else width
 
 
 def _segment_max(values: Tensor, batch: Tensor, num_samples: int, width: int | None) -> Tensor:
@@ -73,8 +83,11 @@ def _segment_max(values: Tensor, batch: Tensor, num_samples: int, width: int | N
     return _EqualSegmentMax.apply(values, num_samples, width)
 
 
-def segment_max_and_mean(values: Tensor, batch: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+def segment_max_and_mean(values: Tensor, batch: Tensor, num_samples: int, *,
+                         width: int | None | EllipsisType = ...) -> tuple[Tensor, Tensor]:
     """``(segment_max, segment_mean)`` of ``values``: a sample's pooled context, as the scorer takes it.
+
+    ``width`` is :func:`equal_segments` of ``batch`` when the caller has it (``...``: check here).
 
     Samples of one size laid out in order (one sample; image patches) are checked for
     once. Without autograd (explanations, sparse inference) the mean of such samples is
@@ -86,7 +99,7 @@ def segment_max_and_mean(values: Tensor, batch: Tensor, num_samples: int) -> tup
     the scatter mean's quotient to the bit without its count (a second scatter, of ones,
     and its clamp and broadcast: six operations fewer).
     """
-    width = _equal_width(values, batch, num_samples)
+    width = _equal_width(values, batch, num_samples, width)
     largest = _segment_max(values, batch, num_samples, width)
     if width is None:
         return largest, segment_mean(values, batch, num_samples)

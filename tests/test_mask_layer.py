@@ -138,3 +138,27 @@ def test_logged_rate_is_the_gates_rate_term_and_the_bound_penalty_its_excess(gat
     assert torch.equal(got, want)
     result.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.scorer.parameters())
+
+
+@pytest.mark.parametrize("counts", [[257], [100, 100, 100], [5, 9, 2]])
+@pytest.mark.parametrize("context", [True, False])
+def test_keep_rate_and_scores_are_the_scatter_forms_to_the_bit(counts: list[int], context: bool) -> None:
+    """The layer checks once for samples of one size and hands the answer to the scorer's pooling and
+    to the keep rate: logits, keep rate and their gradients are those of the scorer checking for
+    itself and of the scatter mean, bit for bit (one sample, equal samples, ragged ones)."""
+    from torch_geometric.utils import scatter
+
+    torch.manual_seed(0)
+    layer = MaskLayer("hard_concrete", keep=0.4, in_features=3, context=context)
+    sizes = torch.tensor(counts)
+    batch = torch.repeat_interleave(torch.arange(len(counts)), sizes)
+    units = Units(x=torch.randn(int(sizes.sum()), 3), batch=batch, num_samples=len(counts))
+    params = list(layer.scorer.parameters())
+    result = layer(units)
+    got = torch.autograd.grad((result.keep_rate * torch.arange(1.0, len(counts) + 1)).sum(), params)
+    logits = layer._bounded(layer.scorer(units.x, batch, len(counts)))[0]
+    keep_rate = scatter(layer.gate.expected_open(logits), batch, dim=0, dim_size=len(counts), reduce="mean")
+    want = torch.autograd.grad((keep_rate * torch.arange(1.0, len(counts) + 1)).sum(), params)
+    assert torch.equal(result.logits.detach(), logits.detach())
+    assert torch.equal(result.keep_rate.detach(), keep_rate.detach())
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
