@@ -122,6 +122,32 @@ def test_scaling_section(report: dict) -> None:
     assert "Per-call floor (the step on 10 units" in markdown(report)
 
 
+def test_a_joint_run_under_the_dense_model_on_held_out_data_is_made_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``joint_attempts``: a run more than ``RESTART_MARGIN`` under the dense model on the held-out data
+    is made again and the best held-out run kept; a run within it stops the attempts, and that first
+    run is the one a single attempt makes, to the bit."""
+    from bottleneck import speed
+
+    points = pointcloud_cases(quick=True, train_size=48, dgcnn_train_size=24, test_size=32, min_points=24,
+                              max_points=40, pointnet_epochs=1, pointnet_joint_epochs=1)
+    case = dataclasses.replace(points[0], validation=points[1].validation, joint_attempts=3)
+    monkeypatch.setattr(speed, "RESTART_MARGIN", -2.0)  # no accuracy is 2 above the dense one: every run is made
+    every = train_sparse_models(case, torch.device("cpu"), progress=False).selection["masked"]
+    assert len(every["attempts"]) == 3 and every["best_accuracy"] == max(every["attempts"])
+    assert 0.0 <= every["dense_at_attach"] <= 1.0
+    monkeypatch.setattr(speed, "RESTART_MARGIN", 2.0)  # every run is within 2 of the dense one: one run
+    first = train_sparse_models(case, torch.device("cpu"), progress=False)
+    assert first.selection["masked"]["attempts"] == [every["attempts"][0]]
+    single = train_sparse_models(dataclasses.replace(case, joint_attempts=1), torch.device("cpu"), progress=False)
+    assert "attempts" not in single.selection["masked"]
+    assert all(torch.equal(a, b) for a, b in zip(first.masked.state_dict().values(),
+                                                 single.masked.state_dict().values(), strict=True))
+    with pytest.raises(BottleneckError, match="joint_attempts > 1 needs validation data"):
+        dataclasses.replace(case, validation=None)
+    with pytest.raises(BottleneckError, match=r"joint_attempts must be an int >= 1 \(got 0\)"):
+        dataclasses.replace(case, joint_attempts=0)
+
+
 def test_paired_layer_timing_times_every_size_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The judged sizes are timed in turn in one process: every size in every round, warmed up, each block
     at least ``PAIRED_BLOCK_SECONDS`` long (a block of the floor is many of its steps)."""

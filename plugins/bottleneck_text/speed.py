@@ -72,6 +72,14 @@ BERT_TARGET = 1.8
 #: keep 0.25, the dense run by accuracy), as DGCNN's: its sparse accuracy was 0.994 and
 #: 0.980 in two full runs against 1.000 dense, a point or two that one epoch decides.
 BERT_SELECT_FROM = 0.5
+#: BERT's joint run is made again, up to three runs, when its held-out sparse accuracy ends
+#: more than 2 points under the dense model's (``SpeedCase.joint_attempts``): the recipe
+#: finds the evidence on most seeds and collapses to chance on the rest, and which seeds
+#: depends on the processor's rounding. Run 22 of the bench, the first on an AMD EPYC, had
+#: its one BERT run end at 0.641 (dense 1.000; runs 20 and 21 on an Intel Xeon, same code
+#: and seed: 1.000), and ``benchmarks/text_bert_recipe.py`` there gave 1.000, 1.000 and 0.500
+#: on seeds 0-2. A collapsed run shows on the held-out sentences; the test set decides nothing.
+BERT_JOINT_ATTEMPTS = 3
 
 
 def _batches(encoded: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
@@ -108,6 +116,6 @@ def prepare_speed(*, quick: bool = False, seed: int = 0, **overrides: Any) -> li
             epochs=sizes["epochs"], lr=SETTINGS["bert"]["lr"], joint_epochs=sizes["joint_epochs"],
             joint_lr=SETTINGS["bert"]["lr"], joint_mask_lr=BERT_MASK_LR * SETTINGS["bert"]["lr"],
             joint_options={"gate": "topk"}, validation=validation,
-            select_from=BERT_SELECT_FROM, settings=settings,
+            select_from=BERT_SELECT_FROM, joint_attempts=BERT_JOINT_ATTEMPTS, settings=settings,
         ),
     ]
