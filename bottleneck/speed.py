@@ -599,6 +599,14 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
                       + "; ".join(f"{name} " + ", ".join(f"x{_judged(r, targets.get(name), at_least=True)}"
                                                          for r in ratios)
                                   for name, ratios in per_process.items()) + "."]
+        remade = {name: details["selection"]["masked"] for name, details in report["details"]["sparse"].items()
+                  if len(details.get("selection", {}).get("masked", {}).get("attempts", [])) > 1}
+        if remade:
+            lines += ["", "Joint runs made again (held-out sparse accuracy at keep " + str(TARGET_KEEP)
+                      + f" more than {RESTART_MARGIN:.2f} under the dense model's; the best held-out run is kept): "
+                      + "; ".join(f"{name} {len(pick['attempts'])} runs, "
+                                  + ", ".join(f"{accuracy:.3f}" for accuracy in pick["attempts"])
+                                  + f" (dense {pick['dense_at_attach']:.3f})" for name, pick in remade.items()) + "."]
         larger = {name: details["large_batch"] for name, details in report["details"]["sparse"].items()
                   if details.get("large_batch")}
         if larger:

@@ -8,6 +8,7 @@ and each claim is computed from the figures it names.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -146,6 +147,15 @@ def test_a_joint_run_under_the_dense_model_on_held_out_data_is_made_again(monkey
         dataclasses.replace(case, validation=None)
     with pytest.raises(BottleneckError, match=r"joint_attempts must be an int >= 1 \(got 0\)"):
         dataclasses.replace(case, joint_attempts=0)
+
+
+def test_the_table_names_every_joint_run_made_again(report: dict) -> None:
+    """A model whose joint run was made again says so under the table, with each run's held-out score."""
+    once, remade = copy.deepcopy(report), copy.deepcopy(report)
+    once["details"]["sparse"]["BERT"]["selection"]["masked"].update(attempts=[0.99], dense_at_attach=1.0)
+    remade["details"]["sparse"]["BERT"]["selection"]["masked"].update(attempts=[0.5, 0.98], dense_at_attach=1.0)
+    assert "Joint runs made again" not in markdown(once)
+    assert "BERT 2 runs, 0.500, 0.980 (dense 1.000)" in markdown(remade)
 
 
 def test_paired_layer_timing_times_every_size_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
