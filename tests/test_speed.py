@@ -159,8 +159,9 @@ def test_the_table_names_every_joint_run_made_again(report: dict) -> None:
 
 
 def test_paired_layer_timing_times_every_size_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The judged sizes are timed in turn in one process: every size in every round, warmed up, each block
-    at least ``PAIRED_BLOCK_SECONDS`` long (a block of the floor is many of its steps)."""
+    """The judged sizes are timed in turn in one process: every size in every round, warmed up, at least
+    ``ceil(repeats / rounds)`` timed steps a block, and a block of the quick floor no fewer steps than
+    a block of the slower size (each block lasts at least ``PAIRED_BLOCK_SECONDS``)."""
     from bottleneck import scaling
 
     calls: list[int] = []
