@@ -17,7 +17,7 @@ from .errors import BottleneckError, describe
 from .gates import Gate, straight_through
 from .objective import KeepRateConstraint, per_sample_mean, rate_loss, smoothness_loss
 from .scorer import EquivariantScorer
-from .segment import equal_segments
+from .segment import pooled_width
 from .units import Units
 
 
@@ -141,7 +141,7 @@ class MaskLayer(nn.Module):
     def forward(self, units: Units) -> MaskResult:
         batch, num_samples = units.batch, units.num_samples
         # samples of one size are checked for once, for the scorer's pooling and the keep rate
-        width = equal_segments(batch, num_samples) if self.scorer.context else None
+        width = pooled_width(units.x, batch, num_samples) if self.scorer.context else None
         raw = self.scorer(units.x, batch, num_samples, width=width)
         logits, excess = self._bounded(raw)
         gates, p_open = self.gate.gates_and_open(logits, batch, num_samples, sample=self.training)

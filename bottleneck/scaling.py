@@ -88,8 +88,9 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _child(flag: str, points: int, device: torch.device, *extra: str) -> dict[str, float]:
-    """Run ``python -m bottleneck.scaling FLAG POINTS`` and read the JSON line it prints.
+def _child(flag: str, points: int | str, device: torch.device, *extra: str) -> dict[str, float]:
+    """Run ``python -m bottleneck.scaling FLAG POINTS`` and read the JSON line it prints
+    (``POINTS`` one size, or comma-separated sizes for ``--child-layers``).
 
     A fresh process per figure: what the caller ran before (a benchmark that trained
     models holds a large heap and cold caches) does not leak into the figure.
@@ -101,8 +102,7 @@ def _judged_layer_ms(sizes: tuple[int, ...], device: torch.device, args: tuple[s
     """The judged step times: the floor and the sizes up to :data:`PAIRED_MAX_UNITS` from one
     :func:`paired_mask_layer_ms` child, each larger size from a child of its own."""
     paired = sorted({FLOOR_UNITS, *(points for points in sizes if points <= PAIRED_MAX_UNITS)})
-    times = run_child("scaling", "bottleneck.scaling", "--child-layers", ",".join(map(str, paired)),
-                      "--device", str(device), *args)
+    times = _child("--child-layers", ",".join(map(str, paired)), device, *args)
     out = {int(points): ms for points, ms in times.items()}
     for points in sizes:
         if points not in out:
@@ -239,9 +239,9 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     rows: dict[str, dict[str, float]] = {}
     for points in sizes:
         row = _child("--child-layer", points, dev, *layer) if cpu else {}  # the machine's threads, for reference
-        row[judged] = judged_ms[points]
-        row = rows[str(points)] = {**row, "serial_knn_ms": serial_knn_ms(points, dev, repeats),
-                                   **_child("--child-knn", points, dev)}
+        row.update({judged: judged_ms[points], "serial_knn_ms": serial_knn_ms(points, dev, repeats),
+                    **_child("--child-knn", points, dev)})
+        rows[str(points)] = row
         if progress:
             print(f"scaling {points:>7} units: mask layer {row['mask_layer_ms']:.2f} ms, kNN {row['knn_ms']:.0f} ms "
                   f"(peak {row['knn_peak_mib']:.0f} MiB), serial kNN {row['serial_knn_ms']:.1f} ms", flush=True)

@@ -61,6 +61,16 @@ def segment_max(values: Tensor, batch: Tensor, num_samples: int) -> Tensor:
     return _segment_max(values, batch, num_samples, _equal_width(values, batch, num_samples))
 
 
+def pooled_width(features: Tensor, batch: Tensor, num_samples: int) -> int | None:
+    """:func:`equal_segments` for reductions of what is computed from ``features``, checked once
+    for several of them; ``None``, without the check and its host sync, where those will not be
+    float32/64 (``features`` of another dtype, or autocast on), as the reductions then take the
+    scatter path whatever the width."""
+    if features.dtype not in _EXACT_COUNT_DTYPES or torch.is_autocast_enabled(features.device.type):
+        return None
+    return equal_segments(batch, num_samples)
+
+
 def _equal_width(values: Tensor, batch: Tensor, num_samples: int,
                  width: int | None | EllipsisType = ...) -> int | None:
     """:func:`equal_segments` (or the caller's ``width`` from it) where the reshaped reductions
@@ -101,11 +111,9 @@ def segment_max_and_mean(values: Tensor, batch: Tensor, num_samples: int, *,
     """
     width = _equal_width(values, batch, num_samples, width)
     largest = _segment_max(values, batch, num_samples, width)
-    if width is None:
-        return largest, segment_mean(values, batch, num_samples)
-    if torch.is_grad_enabled() and values.requires_grad:  # the scatter's sum over the width: its mean, to the bit
-        return largest, _mean_of_sum(values, batch, num_samples, width)
-    return largest, values.reshape(num_samples, width, *values.shape[1:]).mean(1)
+    if width is not None and not (torch.is_grad_enabled() and values.requires_grad):
+        return largest, values.reshape(num_samples, width, *values.shape[1:]).mean(1)
+    return largest, segment_mean(values, batch, num_samples, width=width)  # with a width: the sum over it
 
 
 #: Dtypes in which a count of tied units (at most 2**24) is exact, as the scatter's backward has it.

@@ -26,7 +26,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -269,18 +269,18 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
     first = min(math.ceil(case.select_from * case.joint_epochs), case.joint_epochs - 1)  # the last epoch always counts
     reference = (evaluate(dense, case.validation, device=device)["accuracy"]
                  if case.validation and case.joint_attempts > 1 else None)
-    runs = []
+    runs: list[_JointRun] = []
     start = time.perf_counter()
-    for attempt in range(case.joint_attempts):
-        run = _joint_run(case, dense, device, first, progress=progress, attempt=attempt)
-        runs.append(run)
-        if reference is None or run[2] is None or run[2].best_accuracy >= reference - RESTART_MARGIN:
+    for attempt in range(case.joint_attempts):  # more than one only with validation data (__post_init__)
+        runs.append(_joint_run(case, dense, device, first, progress=progress, attempt=attempt))
+        if reference is None or runs[-1].pick.best_accuracy >= reference - RESTART_MARGIN:
             break
     masked_seconds = time.perf_counter() - start
-    masked, joint, masked_pick = max(runs, key=lambda run: -math.inf if run[2] is None else run[2].best_accuracy)
+    kept = runs[0] if len(runs) == 1 else max(runs, key=lambda run: run.pick.best_accuracy)
+    masked, joint = kept.masked, kept.history
     picks: dict[str, BestOnValidation] = {}
     if case.validation:
-        picks = {"masked": masked_pick,
+        picks = {"masked": kept.pick,
                  "dense": BestOnValidation(dense, case.validation, start_epoch=first, device=device)}
     start = time.perf_counter()
     fit(dense, case.train, epochs=case.joint_epochs, lr=case.joint_lr, device=device, progress=progress,
@@ -290,14 +290,23 @@ def train_sparse_models(case: SpeedCase, device: torch.device, *, progress: bool
         pick.restore()
     selection = {name: pick.summary() for name, pick in picks.items()}
     if reference is not None:
-        selection["masked"].update(attempts=[run[2].best_accuracy for run in runs], dense_at_attach=reference)
+        selection["masked"].update(attempts=[run.pick.best_accuracy for run in runs], dense_at_attach=reference)
     return SparseModels(dense.eval(), masked.eval(), {"dense": dense_seconds, "masked": masked_seconds},
                         joint.last(), selection)
 
 
+class _JointRun(NamedTuple):
+    """One joint fine-tune: the masked model, its training history and its held-out pick (``None``
+    without validation data)."""
+
+    masked: Any
+    history: Any
+    pick: BestOnValidation | None
+
+
 def _joint_run(case: SpeedCase, dense: nn.Module, device: torch.device, first: int, *, progress: bool,
-               attempt: int) -> tuple[Any, Any, BestOnValidation | None]:
-    """One joint fine-tune of a new mask on a copy of ``dense``: ``(masked model, history, its pick)``.
+               attempt: int) -> _JointRun:
+    """One joint fine-tune of a new mask on a copy of ``dense``.
 
     With validation data the run watches its held-out sparse accuracy from epoch ``first`` on;
     the pick restores the best epoch (:meth:`BestOnValidation.restore`) when the run is kept.
@@ -311,7 +320,7 @@ def _joint_run(case: SpeedCase, dense: nn.Module, device: torch.device, first: i
     joint = fit(masked, case.train, epochs=case.joint_epochs, lr=case.joint_lr, mask_lr=case.joint_mask_lr,
                 device=device, progress=progress, description=label, penalty=teacher,
                 max_grad_norm=case.joint_max_grad_norm, on_epoch=pick)
-    return masked, joint, pick
+    return _JointRun(masked, joint, pick)
 
 
 def sparse_speedup(case: SpeedCase, models: SparseModels, device: torch.device, timing: Timing,
