@@ -1,4 +1,4 @@
-"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain|speed``, ``explain`` and ``audit``."""
+"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain|speed|plot``, ``explain`` and ``audit``."""
 
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ def _bench_speed(args: argparse.Namespace) -> int:
         raise BottleneckError(f"--repeats must be >= 2 (got {args.repeats})")
     if args.sparse_processes < 1:
         raise BottleneckError(f"--sparse-processes must be >= 1 (got {args.sparse_processes})")
+    if args.figure:  # fail now, not after the run, where matplotlib is missing
+        from .viz import pyplot
+
+        pyplot("--figure")
     modalities = args.modality or sorted(name for name, item in demos().items() if item.speed is not None)
     cases = [case for modality in modalities
              for case in _provider(modality, "speed")(quick=args.quick, seed=args.seed)]
@@ -99,7 +103,19 @@ def _bench_speed(args: argparse.Namespace) -> int:
                        scaling_sizes=(1_000, 10_000) if args.quick else None)
     command = "bottleneck " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
     report["command"] = command
-    return _write_outputs(args, report, markdown(report, command))
+    code = _write_outputs(args, report, markdown(report, command))
+    if args.figure:
+        from .speed_figure import plot_speed
+
+        print(f"wrote {plot_speed(report, args.figure)}")
+    return code
+
+
+def _bench_plot(args: argparse.Namespace) -> int:
+    from .speed_figure import load_speed_report, plot_speed
+
+    print(f"wrote {plot_speed(load_speed_report(args.report), args.out)}")
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -175,9 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
                              help="time with the C allocator as configured (by default freed memory stays in the "
                                   "heap on CPU, so no timing pays for page faults: bottleneck.timing.steady_heap)")
     speed_bench.add_argument("--no-scaling", action="store_true", help="skip the scaling section")
+    speed_bench.add_argument("--figure", help="also draw the figures against their targets here (PNG, SVG, PDF)")
     speed_bench.add_argument("--seed", type=int, default=0)
     speed_bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     speed_bench.set_defaults(func=_bench_speed, command_line=None)
+
+    plot = kinds.add_parser("plot", help="draw a saved speed report (bench speed --json) against its targets")
+    plot.add_argument("report", help="JSON written by bottleneck bench speed --json")
+    plot.add_argument("--out", required=True, help="the picture (PNG, SVG or PDF by its suffix)")
+    plot.set_defaults(func=_bench_plot)
 
     explain = commands.add_parser(
         "explain", help="explain a testbed's test data with a saved model and mask; write renders")

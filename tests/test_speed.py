@@ -183,6 +183,20 @@ def test_paired_layer_timing_times_every_size_in_blocks(monkeypatch: pytest.Monk
     assert calls.count(10) >= calls.count(400) >= 3 * (1 + 2)  # warm-up + at least ceil(4 / 3) timed per block
 
 
+def test_the_figure_draws_a_fresh_report(report: dict, tmp_path) -> None:
+    """The benchmark's own output, small scaling sizes (no 1k point, no ratio) included, draws as it is."""
+    from bottleneck.speed_figure import plot_speed, speed_figure
+    from bottleneck.viz import pyplot
+
+    fig = speed_figure(report)
+    lines = {line.get_gid(): line for ax in fig.axes for line in ax.lines if line.get_gid()}
+    pyplot().close(fig)
+    for name, per_keep in report["sparse_speedup"].items():
+        assert list(lines[f"speedup:{name}"].get_ydata()) == [v["speedup"] for v in per_keep.values()]
+    assert list(lines["mask_layer:judged"].get_xdata()) == [300, 600] and "mask_layer:linear" not in lines
+    assert plot_speed(report, tmp_path / "speed.svg").read_text().startswith("<?xml")
+
+
 def test_report_names_the_processor_and_library_versions(report: dict) -> None:
     """Figures move with the processor and the model libraries, so a report says which."""
     from importlib.metadata import version
@@ -291,11 +305,12 @@ def test_placed_digits_put_each_digit_in_one_quadrant() -> None:
 
 
 def test_cli_writes_json_and_markdown(tmp_path, capsys) -> None:
-    out, table = tmp_path / "speed.json", tmp_path / "speed.md"
+    out, table, figure = tmp_path / "speed.json", tmp_path / "speed.md", tmp_path / "speed.png"
     code = main(["bench", "speed", "--modality", "text", "--models", "BiLSTM", "--quick", "--repeats", "2",
                  "--warmup", "0", "--no-scaling", "--no-progress", "--json", str(out), "--markdown", str(table),
-                 "--system-heap"])  # the heap setting is process-wide: not in the test process
+                 "--figure", str(figure), "--system-heap"])  # the heap setting is process-wide: not in the test process
     assert code == 0
+    assert figure.stat().st_size > 10_000
     report = json.loads(out.read_text())
     assert set(report["train_overhead"]) == {"BiLSTM"} and report["scaling"] is None
     assert report["settings"]["heap"] is None
