@@ -24,6 +24,9 @@ For each size (1k, 10k, 100k points), one sample of random points:
   level after the points were made, so it counts every allocation of the call (CPU), or
   ``torch.cuda.max_memory_allocated`` on CUDA. A dense ``N x N`` float distance matrix
   would need 37 GiB at 100k points; the chunked kNN must stay under 2 GiB;
+* ``mask_layer_peak_mib``: the memory that step takes, measured as ``knn_peak_mib`` is
+  (:func:`layer_memory_child`, a fresh process per size): it should grow linearly too,
+  with the activations the backward pass keeps per unit;
 * ``mask_layer_floor``: the same step on :data:`FLOOR_UNITS` units, timed as the judged
   sizes are: the per-call cost that does not grow with the units, its share of the 1k
   step (a fixed cost pulls the 10k/1k ratio under 10 however linear the rest is) and
@@ -114,23 +117,47 @@ def _judged_layer_ms(sizes: tuple[int, ...], device: torch.device, args: tuple[s
     return out
 
 
-def knn_child(points: int, device: str) -> dict[str, float]:
-    """Run in a fresh process: time and peak memory of one kNN graph over ``points`` points."""
-    dev = torch.device(device)
-    pos = torch.rand(points, 3, generator=torch.Generator().manual_seed(0)).to(dev)
-    knn_graph(pos[:64], K)  # warm-up on a tiny input (kernels, allocator)
-    if dev.type == "cuda":
+def _with_peak(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """``(seconds, MiB)``: one call of ``fn`` and the rise of memory's high-water mark during it.
+
+    On CPU the rise of the process's peak resident set size over its level before the
+    call, so it counts every allocation of the call; on CUDA ``max_memory_allocated``
+    over what was allocated before. Meant for a fresh process: a high-water mark set by
+    earlier work would hide the call's.
+    """
+    if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
         before = _peak_rss_mib()
-    seconds = time_call(lambda: knn_graph(pos, K), dev)
-    if dev.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-    else:
-        peak = _peak_rss_mib() - before
+    seconds = time_call(fn, device)
+    if device.type == "cuda":
+        return seconds, (torch.cuda.max_memory_allocated() - before) / 2**20
+    return seconds, _peak_rss_mib() - before
+
+
+def knn_child(points: int, device: str) -> dict[str, float]:
+    """Run in a fresh process: time and peak memory of one kNN graph over ``points`` points."""
+    dev = torch.device(device)
+    pos = torch.rand(points, 3, generator=torch.Generator().manual_seed(0)).to(dev)
+    knn_graph(pos[:64], K)  # warm-up on a tiny input (kernels, allocator)
+    seconds, peak = _with_peak(lambda: knn_graph(pos, K), dev)
     return {"knn_ms": 1000 * seconds, "knn_peak_mib": peak}
+
+
+def layer_memory_child(points: int, device: str) -> dict[str, float]:
+    """Run in a fresh process: the memory one mask-layer training step on ``points`` units takes.
+
+    The rise of the peak over the level once the layer and its units exist: the
+    activations kept for the backward pass, the gradients and the temporaries of both
+    passes. A step on 64 units first sets up what any call needs (kernels, allocator,
+    thread pool), so that is not counted as the large step's.
+    """
+    dev = torch.device(device)
+    mask_layer_step(64, dev)()
+    step = mask_layer_step(points, dev)
+    return {"mask_layer_peak_mib": _with_peak(step, dev)[1]}
 
 
 def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
@@ -244,10 +271,11 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     for points in sizes:
         row = _child("--child-layer", points, dev, *layer) if cpu else {}  # the machine's threads, for reference
         row.update({judged: judged_ms[points], "serial_knn_ms": serial_knn_ms(points, dev, repeats),
-                    **_child("--child-knn", points, dev)})
+                    **_child("--child-layer-memory", points, dev), **_child("--child-knn", points, dev)})
         rows[str(points)] = row
         if progress:
-            print(f"scaling {points:>7} units: mask layer {row['mask_layer_ms']:.2f} ms, kNN {row['knn_ms']:.0f} ms "
+            print(f"scaling {points:>7} units: mask layer {row['mask_layer_ms']:.2f} ms "
+                  f"(peak {row['mask_layer_peak_mib']:.1f} MiB), kNN {row['knn_ms']:.0f} ms "
                   f"(peak {row['knn_peak_mib']:.0f} MiB), serial kNN {row['serial_knn_ms']:.1f} ms", flush=True)
     report: dict[str, object] = {"sizes": rows, "k": K, "serial_k": SERIAL_K, "torch_cluster": HAS_TORCH_CLUSTER}
     # the floor, timed with the judged sizes: the 10k/1k ratio is about (floor + 10w) / (floor + w) for w the
@@ -267,6 +295,11 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     if len(rows) >= 2:
         report["mask_layer_fit"] = linear_fit([int(n) for n in rows], [r[judged] for r in rows.values()])
     largest = str(max(sizes))
+    report["mask_layer_peak_mib_at_largest"] = rows[largest]["mask_layer_peak_mib"]
+    report["mask_layer_peak_kib_per_unit_at_largest"] = 1024 * rows[largest]["mask_layer_peak_mib"] / max(sizes)
+    if "10000" in rows and "100000" in rows and rows["10000"]["mask_layer_peak_mib"] > 0:
+        report["mask_layer_peak_ratio_100k_over_10k"] = (rows["100000"]["mask_layer_peak_mib"]
+                                                         / rows["10000"]["mask_layer_peak_mib"])
     report["knn_peak_mib_at_largest"] = rows[largest]["knn_peak_mib"]
     report["knn_peak_under_2_gib"] = rows[largest]["knn_peak_mib"] < KNN_PEAK_MIB_MAX
     return report
@@ -279,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child-knn", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-layer", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-layers", help=argparse.SUPPRESS)
+    parser.add_argument("--child-layer-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steady-heap", action="store_true", help="time the mask layer with a steady heap")
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file (stdout has progress lines too)")
@@ -297,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.child_knn:
         print(json.dumps(knn_child(args.child_knn, args.device)))
+        return 0
+    if args.child_layer_memory:
+        print(json.dumps(layer_memory_child(args.child_layer_memory, args.device)))
         return 0
     text = json.dumps(run_scaling(args.device, repeats=args.repeats, hold_heap=args.steady_heap), indent=2)
     print(text)

@@ -626,11 +626,12 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
                                   for name, large in larger.items()) + "."]
     scaling = report.get("scaling")
     if scaling:
-        lines += ["", "| units | mask layer fwd+bwd | on one thread | exact kNN (k=16) | kNN peak memory | serial kNN (k=8) |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| units | mask layer fwd+bwd | on one thread | mask layer peak memory | exact kNN (k=16) | "
+                  "kNN peak memory | serial kNN (k=8) |", "|---|---|---|---|---|---|---|"]
         for size, row in scaling["sizes"].items():
             lines.append(f"| {int(size):,} | {row['mask_layer_ms']:.1f} ms | {_cell(row.get('mask_layer_ms_one_thread'), 1)} ms | "
-                         f"{row['knn_ms']:.0f} ms | {row['knn_peak_mib']:.0f} MiB | {row['serial_knn_ms']:.1f} ms |")
+                         f"{_cell(row.get('mask_layer_peak_mib'), 1)} MiB | {row['knn_ms']:.0f} ms | "
+                         f"{row['knn_peak_mib']:.0f} MiB | {row['serial_knn_ms']:.1f} ms |")
         if "mask_layer_ratio_10k_over_1k" in scaling:
             lines.append(f"\nMask layer 10k/1k ({scaling['mask_layer_judged_on']}): "
                          f"{scaling['mask_layer_ratio_10k_over_1k']:.2f}; 100k/10k: "
@@ -642,6 +643,11 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
             ops = f" ({floor['ops']} top-level ATen operations)" if "ops" in floor else ""
             lines.append(f"Per-call floor (the step on {floor['units']} units, timed as the ratio's sizes): "
                          f"{floor['ms']:.2f} ms{ops}" + (f", {100 * share:.0f}% of the 1k step." if share else "."))
+        if "mask_layer_peak_mib_at_largest" in scaling:
+            largest = max(int(size) for size in scaling["sizes"])
+            lines.append(f"Mask layer peak memory: {scaling['mask_layer_peak_mib_at_largest']:.1f} MiB at {largest:,} "
+                         f"units ({scaling['mask_layer_peak_kib_per_unit_at_largest']:.2f} KiB per unit); 100k/10k: "
+                         f"{_cell(scaling.get('mask_layer_peak_ratio_100k_over_10k'))}.")
         fit = scaling.get("mask_layer_fit")
         if fit:
             lines.append(f"Linear fit: {fit['fixed_ms']:.2f} ms per call + {fit['ms_per_1k_units']:.2f} ms per 1k "

@@ -10,7 +10,8 @@ picture should not). Six panels, each figure with the bound it is judged against
 * train and explain overheads per model against their limits;
 * the mask layer's time against units per sample on log axes, with a line of slope one
   (linear cost) through the 1k point;
-* exact kNN's peak memory against points, with the 2 GiB limit.
+* the peak memory of one exact kNN search and of one mask-layer step against units, with
+  kNN's 2 GiB limit.
 
 A report that lacks a section (``--models``, ``--no-scaling``, ``--quick``) gets a panel
 that says what was not measured instead of an empty or misleading plot.
@@ -70,7 +71,7 @@ def speed_figure(report: dict[str, Any]) -> Any:
     _overhead_panel(axes[0, 2], report, colours)
     scaling = report.get("scaling") or {}
     _mask_layer_panel(axes[1, 0], scaling)
-    _knn_panel(axes[1, 1], scaling)
+    _memory_panel(axes[1, 1], scaling)
     _claims_panel(axes[1, 2], report)
     settings = report.get("settings", {})
     where = settings.get("device_name", "an unnamed device")
@@ -214,26 +215,32 @@ def _mask_layer_panel(ax: Any, scaling: dict[str, Any]) -> None:
     ax.legend(fontsize=8)
 
 
-def _knn_panel(ax: Any, scaling: dict[str, Any]) -> None:
-    title = f"exact kNN (k={scaling.get('k', '?')}): peak memory"
+def _memory_panel(ax: Any, scaling: dict[str, Any]) -> None:
+    title = "peak memory of one call"
     sizes = scaling.get("sizes") or {}
     if not sizes:
-        _not_measured(ax, "exact kNN: peak memory", "scaling not measured (--no-scaling)")
+        _not_measured(ax, title, "scaling not measured (--no-scaling)")
         return
     units = [int(n) for n in sizes]
-    ax.plot(units, [row["knn_peak_mib"] for row in sizes.values()], "o-", color=PALETTE[2], label="peak",
-            gid="knn:peak")
-    ax.axhline(KNN_PEAK_MIB_MAX, color="black", lw=1.2, ls="--", label=f"limit {KNN_PEAK_MIB_MAX / 1024:g} GiB")
+    ax.plot(units, [row["knn_peak_mib"] for row in sizes.values()], "o-", color=PALETTE[2],
+            label=f"exact kNN, k={scaling.get('k', '?')} (chunked)", gid="knn:peak")
+    if all("mask_layer_peak_mib" in row for row in sizes.values()):
+        ax.plot(units, [row["mask_layer_peak_mib"] for row in sizes.values()], "s-", color=PALETTE[0],
+                label="mask layer step (fwd+bwd)", gid="mask_layer:peak")
+    ax.axhline(KNN_PEAK_MIB_MAX, color="black", lw=1.2, ls="--", label=f"kNN limit {KNN_PEAK_MIB_MAX / 1024:g} GiB")
     ax.plot(units, [4 * n * n / 2**20 for n in units], ":", color="grey", label="one float32 n x n table",
             gid="knn:quadratic")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(top=max(4 * max(units) ** 2 / 2**20, 2 * KNN_PEAK_MIB_MAX))
-    ax.set_xlabel("points")
-    ax.set_ylabel("MiB")
+    ax.set_xlabel("units (points) per sample")
+    ax.set_ylabel("MiB above the level before the call")
     largest = scaling.get("knn_peak_mib_at_largest")
-    verdict = f"{largest:.0f} MiB at {max(units):,} points" if largest is not None else ""
-    ax.set_title(f"{title} (chunked)\n{verdict}", fontsize=10)
+    verdict = f"kNN {largest:.0f} MiB at {max(units):,} points" if largest is not None else ""
+    layer = scaling.get("mask_layer_peak_mib_at_largest")
+    if layer is not None:
+        verdict += f"; mask layer {layer:.0f} MiB"
+    ax.set_title(f"{title}\n{verdict}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
 
 

@@ -110,7 +110,7 @@ def test_scaling_section(report: dict) -> None:
     assert set(scaling["sizes"]) == {"300", "600"}
     for row in scaling["sizes"].values():
         assert row["mask_layer_ms"] > 0 and row["knn_ms"] > 0 and row["serial_knn_ms"] > 0
-        assert row["knn_peak_mib"] >= 0
+        assert row["knn_peak_mib"] >= 0 and row["mask_layer_peak_mib"] >= 0
         assert row["mask_layer_ms_one_thread"] > 0  # the judged growth: the work, without parallel speed-up
     assert scaling["mask_layer_judged_on"] == "one CPU thread"
     fit = scaling["mask_layer_fit"]
@@ -121,6 +121,20 @@ def test_scaling_section(report: dict) -> None:
     assert floor["units"] == 10 and floor["ms"] > 0 and "share_of_1k_step" not in floor  # no 1k size in this run
     assert 100 < floor["ops"] < 1000  # forward and backward of scorer, gates and loss terms: a few hundred
     assert "Per-call floor (the step on 10 units" in markdown(report)
+    assert scaling["mask_layer_peak_mib_at_largest"] == scaling["sizes"]["600"]["mask_layer_peak_mib"]
+    assert "Mask layer peak memory:" in markdown(report)
+
+
+def test_mask_layer_memory_grows_with_the_units_it_keeps_for_backward() -> None:
+    """Each size in a fresh process, as the bench measures it: 4x the units, 3-5x the memory
+    (the activations a training step keeps are per unit), and at least the scorer's first
+    hidden layer's output (64 float32 per unit) is held."""
+    from bottleneck.scaling import _child
+
+    small, large = (_child("--child-layer-memory", n, torch.device("cpu"))["mask_layer_peak_mib"]
+                    for n in (20_000, 80_000))
+    assert small > 20_000 * 64 * 4 / 2**20
+    assert 3.0 < large / small < 5.0
 
 
 def test_a_joint_run_under_the_dense_model_on_held_out_data_is_made_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,6 +82,16 @@ def test_scaling_panels_draw_the_judged_times_a_linear_reference_and_knn_memory(
     assert any(list(line.get_ydata()) == [KNN_PEAK_MIB_MAX] * 2 for ax in drawn.axes for line in ax.lines)
 
 
+def test_memory_panel_draws_the_mask_layers_peak_where_the_report_has_it(full_report) -> None:
+    report = copy.deepcopy(full_report)
+    for size, row in report["scaling"]["sizes"].items():
+        row["mask_layer_peak_mib"] = 3e-3 * int(size)
+    fig = speed_figure(report)
+    peak = _artist(fig, "mask_layer:peak")
+    pyplot().close(fig)
+    assert list(peak.get_ydata()) == [3e-3 * int(size) for size in report["scaling"]["sizes"]]
+
+
 def test_claims_panel_says_met_and_missed_as_the_claims_do(full_report) -> None:
     report = copy.deepcopy(full_report)
     report["claims"]["sparse_speedup_DGCNN"].update(speedup=4.38, speedup_holds=False)
