@@ -185,7 +185,7 @@ def _mask_layer_panel(ax: Any, scaling: dict[str, Any]) -> None:
     title = "mask layer forward + backward, one sample"
     sizes = scaling.get("sizes") or {}
     if len(sizes) < 2:
-        _not_measured(ax, title, "scaling not measured (--no-scaling)" if not sizes else "one size only")
+        _not_measured(ax, title, "no scaling section in this report (--no-scaling)" if not sizes else "one size only")
         return
     units = [int(n) for n in sizes]
     judged_key = "mask_layer_ms_one_thread" if all("mask_layer_ms_one_thread" in r for r in sizes.values()) \
@@ -219,7 +219,7 @@ def _memory_panel(ax: Any, scaling: dict[str, Any]) -> None:
     title = "peak memory of one call"
     sizes = scaling.get("sizes") or {}
     if not sizes:
-        _not_measured(ax, title, "scaling not measured (--no-scaling)")
+        _not_measured(ax, title, "no scaling section in this report (--no-scaling)")
         return
     units = [int(n) for n in sizes]
     ax.plot(units, [row["knn_peak_mib"] for row in sizes.values()], "o-", color=PALETTE[2],

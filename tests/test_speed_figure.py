@@ -79,17 +79,19 @@ def test_scaling_panels_draw_the_judged_times_a_linear_reference_and_knn_memory(
     assert list(floor.get_ydata()) == [full_report["scaling"]["mask_layer_floor"]["ms"]]
     peak = _artist(drawn, "knn:peak")
     assert list(peak.get_ydata()) == [row["knn_peak_mib"] for row in sizes.values()]
+    layer_peak = _artist(drawn, "mask_layer:peak")
+    assert list(layer_peak.get_ydata()) == [row["mask_layer_peak_mib"] for row in sizes.values()]
     assert any(list(line.get_ydata()) == [KNN_PEAK_MIB_MAX] * 2 for ax in drawn.axes for line in ax.lines)
 
 
-def test_memory_panel_draws_the_mask_layers_peak_where_the_report_has_it(full_report) -> None:
+def test_a_report_from_before_the_mask_layers_memory_draws_without_it(full_report) -> None:
     report = copy.deepcopy(full_report)
-    for size, row in report["scaling"]["sizes"].items():
-        row["mask_layer_peak_mib"] = 3e-3 * int(size)
+    for row in report["scaling"]["sizes"].values():
+        del row["mask_layer_peak_mib"]
     fig = speed_figure(report)
-    peak = _artist(fig, "mask_layer:peak")
+    gids = {line.get_gid() for ax in fig.axes for line in ax.lines}
     pyplot().close(fig)
-    assert list(peak.get_ydata()) == [3e-3 * int(size) for size in report["scaling"]["sizes"]]
+    assert "knn:peak" in gids and "mask_layer:peak" not in gids
 
 
 def test_claims_panel_says_met_and_missed_as_the_claims_do(full_report) -> None:
@@ -113,7 +115,7 @@ def test_a_report_without_scaling_or_sparse_models_says_what_was_not_measured(fu
     fig = speed_figure(report)
     notes = [text.get_text() for ax in fig.axes for text in ax.texts]
     pyplot().close(fig)
-    assert notes.count("scaling not measured (--no-scaling)") == 2
+    assert notes.count("no scaling section in this report (--no-scaling)") == 2
     assert notes.count("no model with a sparse path in this report") == 2
 
 
