@@ -99,10 +99,26 @@ def _not_measured(ax: Any, title: str, why: str) -> None:
     ax.set_yticks([])
 
 
+def _without_sparse_models(ax: Any, report: dict[str, Any], title: str) -> bool:
+    """Whether ``report`` has no sparse model, the panel then saying so."""
+    if report["sparse_speedup"]:
+        return False
+    _not_measured(ax, title, "no model with a sparse path in this report")
+    return True
+
+
+def _keep_axis(ax: Any, report: dict[str, Any], label: str) -> None:
+    """The keeps on a log x axis, ticked at the keeps measured."""
+    ax.set_xscale("log")
+    keeps = sorted({float(k) for per_keep in report["sparse_speedup"].values() for k in per_keep})
+    ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+
+
 def _speedup_panel(ax: Any, report: dict[str, Any], colours: dict[str, str]) -> None:
     title = "sparse inference: dense time / sparse time"
-    if not report["sparse_speedup"]:
-        _not_measured(ax, title, "no model with a sparse path in this report")
+    if _without_sparse_models(ax, report, title):
         return
     for name, per_keep in report["sparse_speedup"].items():
         keeps = [float(k) for k in per_keep]
@@ -118,22 +134,17 @@ def _speedup_panel(ax: Any, report: dict[str, Any], colours: dict[str, str]) -> 
             ax.plot([TARGET_KEEP], [target], marker="*", color=colour, markersize=13, markeredgecolor="black",
                     linestyle="none", gid=f"target:{name}")
     ax.axhline(1.0, color="grey", lw=1, ls=":")
-    ax.set_xscale("log")
     ax.set_yscale("log")
-    keeps = sorted({float(k) for per_keep in report["sparse_speedup"].values() for k in per_keep})
-    ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
-    ax.minorticks_off()
+    _keep_axis(ax, report, "keep (fraction of units the model computes on)")
     ticks = [t for t in (0.5, 1, 2, 3, 5, 8, 12) if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
     ax.set_yticks(ticks, [f"x{t:g}" for t in ticks])
-    ax.set_xlabel("keep (fraction of units the model computes on)")
     ax.set_title(f"{title}\n* target at keep {TARGET_KEEP:g}; dashes: each timing process", fontsize=10)
     ax.legend(fontsize=8)
 
 
 def _accuracy_panel(ax: Any, report: dict[str, Any], colours: dict[str, str]) -> None:
     title = "accuracy of the sparse path (dashed: dense model)"
-    if not report["sparse_speedup"]:
-        _not_measured(ax, title, "no model with a sparse path in this report")
+    if _without_sparse_models(ax, report, title):
         return
     for name, per_keep in report["sparse_speedup"].items():
         colour = colours[name]
@@ -144,12 +155,8 @@ def _accuracy_panel(ax: Any, report: dict[str, Any], colours: dict[str, str]) ->
             ax.axhline(dense, color=colour, lw=1, ls="--", gid=f"dense_accuracy:{name}")
             ax.errorbar([TARGET_KEEP], [dense - ACCURACY_DROP_MAX / 2], yerr=ACCURACY_DROP_MAX / 2, color=colour,
                         capsize=4, lw=1)
-    ax.set_xscale("log")
-    keeps = sorted({float(k) for per_keep in report["sparse_speedup"].values() for k in per_keep})
-    ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
-    ax.minorticks_off()
+    _keep_axis(ax, report, "keep")
     ax.set_ylim(0, 1.05)
-    ax.set_xlabel("keep")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{title}\nbars: within {100 * ACCURACY_DROP_MAX:g} points of dense at keep {TARGET_KEEP:g}",
                  fontsize=10)
