@@ -11,7 +11,8 @@ picture should not). Six panels, each figure with the bound it is judged against
 * the mask layer's time against units per sample on log axes, with a line of slope one
   (linear cost) through the 1k point;
 * the peak memory of one exact kNN search and of one mask-layer step against units, with
-  kNN's 2 GiB limit.
+  kNN's 2 GiB limit;
+* which claims hold, as the report's ``claims`` say.
 
 A report that lacks a section (``--models``, ``--no-scaling``, ``--quick``) gets a panel
 that says what was not measured instead of an empty or misleading plot.
