@@ -66,9 +66,9 @@ def pooled_width(features: Tensor, batch: Tensor, num_samples: int) -> int | Non
     for several of them; ``None``, without the check and its host sync, where those will not be
     float32/64 (``features`` of another dtype, or autocast on), as the reductions then take the
     scatter path whatever the width."""
-    if features.dtype not in _EXACT_COUNT_DTYPES or torch.is_autocast_enabled(features.device.type):
+    if torch.is_autocast_enabled(features.device.type):
         return None
-    return equal_segments(batch, num_samples)
+    return _equal_width(features, batch, num_samples)
 
 
 def _equal_width(values: Tensor, batch: Tensor, num_samples: int,
