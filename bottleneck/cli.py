@@ -1,4 +1,4 @@
-"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain|speed|plot``, ``explain`` and ``audit``."""
+"""The ``bottleneck`` command line: ``plugins``, ``demo NAME``, ``bench explain|speed|plot|history``, ``explain`` and ``audit``."""
 
 from __future__ import annotations
 
@@ -118,6 +118,23 @@ def _bench_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_history(args: argparse.Namespace) -> int:
+    from .speed_history import history_markdown, load_history, plot_history
+
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    runs = load_history(args.reports, labels)
+    text = history_markdown(runs)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+    print(text)
+    if args.markdown:
+        print(f"wrote {args.markdown}")
+    if args.figure:
+        print(f"wrote {plot_history(runs, args.figure)}")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .explain_saved import explain_saved
 
@@ -200,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("report", help="JSON written by bottleneck bench speed --json")
     plot.add_argument("--out", required=True, help="the picture (PNG, SVG or PDF by its suffix)")
     plot.set_defaults(func=_bench_plot)
+
+    history = kinds.add_parser("history", help="several saved speed reports side by side: every judged figure per "
+                               "run and how often each claim held")
+    history.add_argument("reports", nargs="+", help="JSON files written by bottleneck bench speed --json, in order")
+    history.add_argument("--labels", help="comma-separated run names, one per report (default: the file names)")
+    history.add_argument("--markdown", help="also write the table here")
+    history.add_argument("--figure", help="draw each judged figure per run against its target (PNG, SVG or PDF)")
+    history.set_defaults(func=_bench_history)
 
     explain = commands.add_parser(
         "explain", help="explain a testbed's test data with a saved model and mask; write renders")

@@ -555,7 +555,7 @@ def _cell(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _judged(value: float, bound: float | None, *, at_least: bool, digits: int = 2) -> str:
+def judged_text(value: float, bound: float | None, *, at_least: bool, digits: int = 2) -> str:
     """``value`` to ``digits`` decimals, or to as many more (up to 6) as it takes for the text to
     fall on the same side of ``bound`` as the value: run 16's DGCNN speed-up of 4.997 against
     x5 printed as "x5.00" beside a claim that did not hold, as run 9's ViT overhead of 1.2507
@@ -584,8 +584,8 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
         explain = report["details"]["explain"][name]
         judged = train.get("judged", True)
         label = name if judged else f"{name} (not judged)"
-        train_text = _judged(train["ratio"], TRAIN_OVERHEAD_MAX if judged else None, at_least=False)
-        explain_text = _judged(explain["ratio"], EXPLAIN_OVERHEAD_MAX if judged else None, at_least=False)
+        train_text = judged_text(train["ratio"], TRAIN_OVERHEAD_MAX if judged else None, at_least=False)
+        explain_text = judged_text(explain["ratio"], EXPLAIN_OVERHEAD_MAX if judged else None, at_least=False)
         lines.append(f"| {label} | {train_text} | {train['plain_ms']:.1f} ms | {train['masked_ms']:.1f} ms | "
                      f"{explain_text} ({explain['explain_ms']:.1f} / {explain['forward_ms']:.1f} ms, "
                      f"mask at {explain['where']}) |")
@@ -597,7 +597,7 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
                    for name in report["sparse_speedup"]}
         for name, per_keep in report["sparse_speedup"].items():
             details = report["details"]["sparse"][name]
-            cells = [f"x{_judged(v['speedup'], targets[name] if keep == str(TARGET_KEEP) else None, at_least=True)}, "
+            cells = [f"x{judged_text(v['speedup'], targets[name] if keep == str(TARGET_KEEP) else None, at_least=True)}, "
                      f"acc {v['accuracy']:.3f}" for keep, v in per_keep.items()]
             lines.append(f"| {name} | {details['dense_ms']:.1f} ms, acc {details['dense_accuracy']:.3f} | "
                          + " | ".join(cells) + " |")
@@ -605,7 +605,7 @@ def markdown(report: dict[str, Any], command: str = "") -> str:
                        for name, details in report["details"]["sparse"].items()}
         if any(len(ratios) > 1 for ratios in per_process.values()):
             lines += ["", f"Speed-ups are medians over the timing processes; at keep {TARGET_KEEP} each gave: "
-                      + "; ".join(f"{name} " + ", ".join(f"x{_judged(r, targets.get(name), at_least=True)}"
+                      + "; ".join(f"{name} " + ", ".join(f"x{judged_text(r, targets.get(name), at_least=True)}"
                                                          for r in ratios)
                                   for name, ratios in per_process.items()) + "."]
         remade = {name: details["selection"]["masked"] for name, details in report["details"]["sparse"].items()

@@ -30,7 +30,7 @@ from .scaling import KNN_PEAK_MIB_MAX, LINEAR_RATIO_BOUNDS
 from .speed import ACCURACY_DROP_MAX, EXPLAIN_OVERHEAD_MAX, TARGET_KEEP, TRAIN_OVERHEAD_MAX
 from .viz import pyplot, save_figure
 
-__all__ = ["load_speed_report", "plot_speed", "speed_figure"]
+__all__ = ["claim_holds", "load_speed_report", "plot_speed", "speed_figure"]
 
 #: Sections every speed report has (``bottleneck bench speed --json``, ``benchmarks/merge_speed.py``).
 REQUIRED_SECTIONS = ("train_overhead", "sparse_speedup", "explain_overhead", "details", "claims")
@@ -58,6 +58,11 @@ def _check_report(report: Any, source: str) -> None:
     if missing:
         raise BottleneckError(f"{source} is not a speed report (bottleneck bench speed --json): it has no "
                               f"{', '.join(missing)}; its keys are {sorted(report)[:8]}")
+
+
+def claim_holds(claim: dict[str, Any]) -> bool:
+    """Whether every verdict of a report's claim holds (``holds``, ``speedup_holds``, ``accuracy_holds``)."""
+    return all(value for key, value in claim.items() if key == "holds" or key.endswith("_holds"))
 
 
 def speed_figure(report: dict[str, Any]) -> Any:
@@ -259,7 +264,7 @@ def _claims_panel(ax: Any, report: dict[str, Any]) -> None:
     for name, claim in report["claims"].items():
         if not isinstance(claim, dict):
             continue
-        holds = all(value for key, value in claim.items() if key == "holds" or key.endswith("_holds"))
+        holds = claim_holds(claim)
         figure = next((claim[key] for key in ("speedup", "worst_ratio") if key in claim), None)
         detail = f" {figure:.2f}" if isinstance(figure, (int, float)) else ""
         if "target" in claim:

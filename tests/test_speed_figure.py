@@ -13,6 +13,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from figure_artists import artist as _artist
 
 from bottleneck.cli import main
 from bottleneck.errors import BottleneckError
@@ -27,13 +28,6 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "s
 @pytest.fixture(scope="module")
 def full_report() -> dict:
     return load_speed_report(RESULTS)
-
-
-def _artist(fig, gid: str):
-    """The one line or text with ``gid`` in ``fig``."""
-    found = [a for ax in fig.axes for a in [*ax.lines, *ax.texts] if a.get_gid() == gid]
-    assert len(found) == 1, f"{len(found)} artists with gid {gid!r}"
-    return found[0]
 
 
 @pytest.fixture
