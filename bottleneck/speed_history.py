@@ -139,9 +139,12 @@ def tally(runs: list[RunFigures]) -> list[str]:
         having = [run.sparse[model] for run in runs if model in run.sparse]
         met = sum(figures.holds for figures in having)
         each = [value for figures in having for value in figures.processes]
-        lines.append(f"{model} sparse speed-up (>= x{having[0].target:g}, accuracy within 2 points): met in "
-                     f"{met} of {len(having)} runs; medians x{min(f.speedup for f in having):.2f}-"
-                     f"x{max(f.speedup for f in having):.2f}, timing processes x{min(each):.2f}-x{max(each):.2f}")
+        target = having[0].target
+        medians = [figures.speedup for figures in having]
+        low, high = (judged_text(value, target, at_least=True) for value in (min(medians), max(medians)))
+        lines.append(f"{model} sparse speed-up (>= x{target:g}, accuracy within 2 points): met in "
+                     f"{met} of {len(having)} runs; medians x{low}-x{high}, timing processes "
+                     f"x{judged_text(min(each), target, at_least=True)}-x{judged_text(max(each), target, at_least=True)}")
     for kind, pick in (("train", lambda run: run.train_worst), ("explain", lambda run: run.explain_worst)):
         having = [run for run in runs if pick(run) is not None]
         if having:
