@@ -26,7 +26,13 @@ from typing import Any
 
 from .errors import BottleneckError
 from .scaling import LINEAR_RATIO_BOUNDS
-from .speed import EXPLAIN_OVERHEAD_MAX, TARGET_KEEP, TRAIN_OVERHEAD_MAX, judged_text
+from .speed import (
+    ACCURACY_DROP_MAX,
+    EXPLAIN_OVERHEAD_MAX,
+    TARGET_KEEP,
+    TRAIN_OVERHEAD_MAX,
+    judged_text,
+)
 from .speed_figure import PALETTE, claim_holds, load_speed_report
 from .viz import pyplot, save_figure
 
@@ -124,14 +130,21 @@ def _verdict(holds: bool | None) -> str:
     return " **MISSED**" if holds is False else ""
 
 
-def _ratio_cell(run: RunFigures) -> str:
+def _ratio_text(ratio: float) -> str:
     """The mask layer's 10k/1k ratio, never rounded across the bound it is nearest."""
-    ratio = run.mask_layer_ratio
-    if ratio is None:
-        return "not measured"
     low, high = LINEAR_RATIO_BOUNDS
     nearest, at_least = (low, True) if abs(ratio - low) <= abs(ratio - high) else (high, False)
-    return f"{judged_text(ratio, nearest, at_least=at_least)}{_verdict(run.holds.get('mask_layer_linear'))}"
+    return judged_text(ratio, nearest, at_least=at_least)
+
+
+def _ratio_cell(run: RunFigures) -> str:
+    if run.mask_layer_ratio is None:
+        return "not measured"
+    return f"{_ratio_text(run.mask_layer_ratio)}{_verdict(run.holds.get('mask_layer_linear'))}"
+
+
+def _limits(kind: str) -> float:
+    return TRAIN_OVERHEAD_MAX if kind == "train" else EXPLAIN_OVERHEAD_MAX
 
 
 def _models(runs: list[RunFigures]) -> list[str]:
@@ -148,7 +161,8 @@ def tally(runs: list[RunFigures]) -> list[str]:
         target = having[0].target
         medians = [figures.speedup for figures in having]
         low, high = (judged_text(value, target, at_least=True) for value in (min(medians), max(medians)))
-        lines.append(f"{model} sparse speed-up (>= x{target:g}, accuracy within 2 points): met in "
+        lines.append(f"{model} sparse speed-up (>= x{target:g}, accuracy within {100 * ACCURACY_DROP_MAX:g} "
+                     f"points): met in "
                      f"{met} of {len(having)} runs; medians x{low}-x{high}, timing processes "
                      f"x{judged_text(min(each), target, at_least=True)}-x{judged_text(max(each), target, at_least=True)}")
     for kind, pick in (("train", lambda run: run.train_worst), ("explain", lambda run: run.explain_worst)):
@@ -156,14 +170,15 @@ def tally(runs: list[RunFigures]) -> list[str]:
         if having:
             values = [pick(run)[1] for run in having]
             met = sum(run.holds[f"{kind}_overhead"] for run in having)
-            lines.append(f"worst {kind} overhead: met in {met} of {len(having)} runs; "
-                         f"{min(values):.2f}-{max(values):.2f}")
+            low, high = (judged_text(value, _limits(kind), at_least=False) for value in (min(values), max(values)))
+            lines.append(f"worst {kind} overhead (<= {_limits(kind):g}): met in {met} of {len(having)} runs; "
+                         f"{low}-{high}")
     ratios = [(run, run.mask_layer_ratio) for run in runs if run.mask_layer_ratio is not None]
     if ratios:
         met = sum(run.holds.get("mask_layer_linear", False) for run, _ in ratios)
         low, high = LINEAR_RATIO_BOUNDS
         lines.append(f"mask layer 10k/1k ({low:g}-{high:g}): met in {met} of {len(ratios)} runs; "
-                     f"{min(v for _, v in ratios):.2f}-{max(v for _, v in ratios):.2f}")
+                     f"{_ratio_text(min(v for _, v in ratios))}-{_ratio_text(max(v for _, v in ratios))}")
     return lines
 
 
@@ -179,8 +194,7 @@ def history_markdown(runs: list[RunFigures]) -> str:
     for run in runs:
         cells = [run.label, run.device]
         for kind, worst in (("train", run.train_worst), ("explain", run.explain_worst)):
-            limit = TRAIN_OVERHEAD_MAX if kind == "train" else EXPLAIN_OVERHEAD_MAX
-            cells.append("not measured" if worst is None else f"{judged_text(worst[1], limit, at_least=False)} "
+            cells.append("not measured" if worst is None else f"{judged_text(worst[1], _limits(kind), at_least=False)} "
                          f"({worst[0]}){_verdict(run.holds[f'{kind}_overhead'])}")
         for model in models:
             figures = run.sparse.get(model)
