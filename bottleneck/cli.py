@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_bench.add_argument("--modality", required=True, help="pointcloud, image or text")
     explain_bench.add_argument("--json", required=True, help="write the figures here")
     explain_bench.add_argument("--markdown", help="also write the results table here")
-    explain_bench.add_argument("--quick", action="store_true", help="small setting, under 3 minutes on a CPU")
+    explain_bench.add_argument("--quick", action="store_true", help="small setting, minutes on a 2-core CPU")
     explain_bench.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     explain_bench.add_argument("--seed", type=int, default=0)
     explain_bench.add_argument("--out", help="save the explain-mode mask and renders in this directory")
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--correlation", type=float, default=0.95, help="how often the training cue matches the label")
     audit.add_argument("--mitigation", choices=["mask", "reweight"], default="mask",
                        help="penalise the mask on cue units, or reweight groups")
-    audit.add_argument("--quick", action="store_true", help="small setting, under 5 minutes on a CPU")
+    audit.add_argument("--quick", action="store_true", help="small setting, minutes on a 2-core CPU")
     audit.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--no-progress", action="store_true", help="no progress bars")

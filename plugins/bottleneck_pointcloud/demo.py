@@ -25,7 +25,7 @@ from bottleneck.metrics import mean_auroc
 from .data import NUM_CLASSES, make_shapes
 from .models import PointNet
 
-#: Clouds of 128-256 points keep the CPU run under 3 minutes.
+#: Clouds of 128-256 points keep the CPU run to minutes (under 3 on the 2-core machines it was built on).
 SHAPES = {"min_points": 128, "max_points": 256}
 LEARNING_RATE = 3e-3
 
