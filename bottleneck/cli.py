@@ -59,13 +59,18 @@ def _bench_explain(args: argparse.Namespace) -> int:
     return _write_outputs(args, report, markdown_table(report, command))
 
 
+def _write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path``, creating its folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
 def _write_outputs(args: argparse.Namespace, report: dict[str, Any], text: str) -> int:
     """Write ``report`` to ``--json`` and ``text`` to ``--markdown`` (if given); print the text."""
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text)
+        _write_text(args.markdown, text)
     print(text)
     print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
@@ -125,8 +130,7 @@ def _bench_history(args: argparse.Namespace) -> int:
     runs = load_history(args.reports, labels)
     text = history_markdown(runs)
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text)
+        _write_text(args.markdown, text)
     print(text)
     if args.markdown:
         print(f"wrote {args.markdown}")
