@@ -305,7 +305,6 @@ def test_missing_captum_and_missing_gradients_give_clear_errors(monkeypatch: pyt
             method(masked, images)
 
 
-@pytest.mark.slow
 def test_vit_remove_baseline_passes_gradients() -> None:
     from bottleneck_image.models import make_vit
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from bottleneck.layer import MaskLayer
@@ -37,7 +36,6 @@ def test_bf16_autocast_gives_finite_gates_and_gradients(device) -> None:
     assert ((full > 0) == (half > 0)).float().mean() > 0.95
 
 
-@pytest.mark.slow
 def test_torch_compile_matches_eager_and_trains_on_ragged_batches() -> None:
     torch.manual_seed(0)
     layer = MaskLayer("hard_concrete", keep=0.3, in_features=3, smooth_weight=0.0)

@@ -300,7 +300,6 @@ def test_distance_matrices_stay_under_budget(monkeypatch):
     assert len(storages) == 1, "distance matrices are not reusing one scratch buffer"
 
 
-@pytest.mark.slow
 def test_knn_graph_100k_points_bounded_memory(monkeypatch):
     n, k = 100_000, 16
     sizes: list[int] = []
