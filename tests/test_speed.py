@@ -226,7 +226,9 @@ def test_claims_follow_the_figures(report: dict) -> None:
     got = report["claims"]
     assert got["train_overhead_at_most_1.25"]["holds"] is all(r <= 1.25 for r in report["train_overhead"].values())
     changed = json.loads(json.dumps(report))
-    changed["train_overhead"]["CNN"] = 9.0
+    # every other model set well inside the bound: the tiny fixture's own timings (two repeats, no
+    # warm-up) once gave PointNet 10.4 on a loaded CI machine, which made it, not CNN, the worst
+    changed["train_overhead"] = {name: 1.0 for name in changed["train_overhead"]} | {"CNN": 9.0}
     changed["explain_overhead"] = {name: 0.5 for name in changed["explain_overhead"]}
     at = changed["sparse_speedup"]["PointNet"]["0.25"]
     at["speedup"], at["accuracy"] = 10.0, changed["details"]["sparse"]["PointNet"]["dense_accuracy"] - 0.05
