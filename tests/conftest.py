@@ -27,8 +27,8 @@ def plugin_manager():
 # --- the two tiers: the default run leaves out `slow` tests, and says so -----------------------
 
 FULL_TIER_HINT = (
-    "python -m pytest -q -m slow  (only those: 7 minutes on a fast 2-core machine, about 25 "
-    "on a slow one)  or  python -m pytest -q --full  (everything)"
+    "python -m pytest -q -m slow  (only those: 7 to 13 minutes on the 2-core machines measured, "
+    "up to about 25 on the slowest seen)  or  python -m pytest -q --full  (everything)"
 )
 
 #: the node ids of the slow tests a plain run left out, for the summary
