@@ -261,7 +261,7 @@ def _sparse_panel(ax: Any, runs: list[RunFigures], model: str, colour: str) -> N
     met = sum(f.holds for f in figures)
     ax.set_ylabel("dense time / sparse time")
     ax.set_title(f"{model}: sparse speed-up at keep {TARGET_KEEP:g}\n"
-                 f"target x{'/'.join(f'{t:g}' for t in targets)} (dashed); met in {met} of {len(figures)} runs; "
+                 f"target x{'/'.join(f'{t:g}' for t in targets)} (dashed); met in {met} of {len(figures)} runs\n"
                  "x: speed-up missed; square: accuracy missed", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
 

@@ -126,6 +126,22 @@ def test_figure_draws_each_runs_speedups_processes_targets_and_misses(runs) -> N
         pyplot().close(fig)
 
 
+def test_no_panel_title_runs_into_another(runs) -> None:
+    """Each sparse panel's title names its target, its tally and its markers: three lines, not two
+    long ones that ran across the neighbouring panel's title (seen in the eight-run figure)."""
+    fig = history_figure(runs)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+        assert len(boxes) == 6
+        for i, box in enumerate(boxes):
+            assert not any(box.overlaps(other) for other in boxes[i + 1:])
+            assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+    finally:
+        pyplot().close(fig)
+
+
 def test_cli_prints_and_writes_the_table_and_the_picture(tmp_path, capsys) -> None:
     table, picture = tmp_path / "history.md", tmp_path / "history.png"
     code = main(["bench", "history", *map(str, RUNS), "--labels", ",".join(LABELS), "--markdown", str(table),
