@@ -188,7 +188,9 @@ def _overhead_panel(ax: Any, report: dict[str, Any], colours: dict[str, str]) ->
                   ls="-" if not hatch else "--")
     labels = [name if train.get(name, {}).get("judged", True) else f"{name}\n(not judged)" for name in names]
     ax.set_yticks(list(rows), labels, fontsize=8)
-    ax.set_ylim(len(names) - 0.5 + height / 2, -0.5 - height / 2)  # first model on top; bars as wide for one model
+    # first model on top; bars as wide for one model; a free row under the last one holds the legend,
+    # which otherwise sat on the last model's bars (run 25's BERT)
+    ax.set_ylim(len(names) + 0.9, -0.5 - height / 2)
     ax.set_xlabel("ratio (solid line: train limit; dashed: explain limit)")
     ax.set_title(f"{title}\nplain: a training step; hatched: one explanation / one forward", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
