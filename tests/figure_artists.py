@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -15,3 +17,16 @@ def artist(fig: Any, gid: str) -> Any:
     found = artists(fig, gid)
     assert len(found) == 1, f"{len(found)} artists with gid {gid!r}"
     return found[0]
+
+
+@contextmanager
+def laid_out(fig: Any) -> Iterator[Any]:
+    """``fig`` drawn, for its artists' places on the canvas: yields the renderer for
+    ``get_window_extent`` and closes the figure afterwards."""
+    from bottleneck.viz import pyplot
+
+    try:
+        fig.canvas.draw()
+        yield fig.canvas.get_renderer()
+    finally:
+        pyplot().close(fig)

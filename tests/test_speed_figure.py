@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 from figure_artists import artist as _artist
+from figure_artists import laid_out
 
 from bottleneck.cli import main
 from bottleneck.errors import BottleneckError
@@ -66,15 +67,11 @@ def test_the_overhead_legend_covers_no_bar(full_report) -> None:
     run 25's BERT bar); checked on the committed runs, whose overheads reach 1.53."""
     for report in (full_report, load_speed_report(RESULTS.parent / "speed_cpu_run25.json")):
         fig = speed_figure(report)
-        try:
-            fig.canvas.draw()
-            renderer = fig.canvas.get_renderer()
+        with laid_out(fig) as renderer:
             ax = next(a for a in fig.axes if any(c.get_label().startswith("train step") for c in a.containers))
             legend = ax.get_legend().get_window_extent(renderer)
             bars = [bar.get_window_extent(renderer) for container in ax.containers for bar in container]
-            assert bars and not any(legend.overlaps(bar) for bar in bars)
-        finally:
-            pyplot().close(fig)
+        assert bars and not any(legend.overlaps(bar) for bar in bars)
 
 
 def test_scaling_panels_draw_the_judged_times_a_linear_reference_and_knn_memory(full_report, drawn) -> None:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from figure_artists import artist, artists
+from figure_artists import artist, artists, laid_out
 
 from bottleneck.cli import main
 from bottleneck.errors import BottleneckError
@@ -130,16 +130,12 @@ def test_no_panel_title_runs_into_another(runs) -> None:
     """Each sparse panel's title names its target, its tally and its markers: three lines, not two
     long ones that ran across the neighbouring panel's title (seen in the eight-run figure)."""
     fig = history_figure(runs)
-    try:
-        fig.canvas.draw()
-        renderer = fig.canvas.get_renderer()
+    with laid_out(fig) as renderer:
         boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
-        assert len(boxes) == 6
-        for i, box in enumerate(boxes):
-            assert not any(box.overlaps(other) for other in boxes[i + 1:])
-            assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
-    finally:
-        pyplot().close(fig)
+    assert len(boxes) == 6
+    for i, box in enumerate(boxes):
+        assert not any(box.overlaps(other) for other in boxes[i + 1:])
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
 
 
 def test_cli_prints_and_writes_the_table_and_the_picture(tmp_path, capsys) -> None:
