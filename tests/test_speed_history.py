@@ -27,7 +27,7 @@ from bottleneck.speed_history import (
 from bottleneck.viz import pyplot
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-RUNS = [RESULTS / "speed_cpu_run22.json", RESULTS / "speed_cpu_run23.json", RESULTS / "speed_cpu.json"]
+RUNS = [RESULTS / "speed_cpu_run22.json", RESULTS / "speed_cpu_run23.json", RESULTS / "speed_cpu_run24.json"]
 LABELS = ["run22", "run23", "run24"]
 
 
