@@ -103,7 +103,8 @@ def fit(
     :param max_grad_norm: clip the gradient norm of all trained parameters to this each step
         (``None``: no clipping); logged as ``grad_norm`` (before clipping). It bounds how far
         one outlier batch moves the weights and Adam's moment estimates; it did not stop the
-        speed benchmark's DGCNN fine-tune from collapsing at a high rate (``bottleneck_pointcloud.speed``, at ``DGCNN_JOINT_OPTIONS``).
+        speed benchmark's DGCNN fine-tune from collapsing at a high rate
+        (``bottleneck_pointcloud.speed``, at ``DGCNN_JOINT_OPTIONS``).
     """
     if epochs < 1:
         raise BottleneckError(f"epochs must be >= 1 (got {epochs})")
