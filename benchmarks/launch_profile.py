@@ -33,6 +33,14 @@ depend on them) on its timing batch repeated 1, 4, 16, ... times:
 
 A batch size the device cannot hold (out of memory) is reported as such and the run goes on.
 
+``--points 128-256,512,1024`` also varies the size of each cloud for the point-cloud
+models (the bench's 32 clouds, each of that many points, drawn as the bench draws them;
+the other models run once): DGCNN's three kNN searches grow with the square of a cloud's
+points and its per-point layers linearly, so its sparse speed-up at keep 0.25 (x4 on the
+per-point work, x16 on the searches) depends on the cloud size as much as on the batch.
+The mask keeps exactly ``ceil(0.25 n)`` points of each cloud (top-k) whatever its weights,
+so these timings are a trained mask's; no accuracy is measured here.
+
 The batch size at which ``speedup`` passes 1 is where sparse inference starts to pay
 on that device. On the CPU the same figures say why a sparse speed-up falls short of
 its target at the bench's batch: the model's own ceiling (``free_mask_speedup``) or the
@@ -42,6 +50,8 @@ table and writes JSON::
     python benchmarks/launch_profile.py --device cuda --times 1,4,16,64 --json launch_cuda.json
     python benchmarks/launch_profile.py --device cpu --times 1,4 --models PointNet,DGCNN,ViT,BERT \
         --json benchmarks/results/launch_cpu.json
+    python benchmarks/launch_profile.py --device cpu --times 1 --models PointNet,DGCNN \
+        --points 128-256,256-512,512-1024,1024 --json benchmarks/results/launch_cpu_cloud_size.json
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch_geometric.data import Batch
 
-from bottleneck.speed import SpeedCase
+from bottleneck.speed import SpeedCase, cpu_name
 from bottleneck.timing import interleaved, steady_heap, top_level_ops
 from bottleneck.train import _to, call_model
 from bottleneck.wrap import _logits_of, attach
@@ -76,13 +86,35 @@ KEEP = 0.25
 def bench_cases() -> list[SpeedCase]:
     """The speed bench's judged cases, with the smallest training sets (never trained here)."""
     from bottleneck_image.speed import prepare_speed as image_cases
-    from bottleneck_pointcloud.speed import prepare_speed as pointcloud_cases
     from bottleneck_text.speed import prepare_speed as text_cases
 
-    cases = [*pointcloud_cases(quick=True, train_size=64, dgcnn_train_size=32, test_size=64),
+    cases = [*pointcloud_bench_cases(),
              *image_cases(quick=True, vit_epochs=1, joint_epochs=1, test_size=64),
              *text_cases(quick=True, train_size=64, test_size=32, epochs=1, joint_epochs=1)]
     return [case for case in cases if case.judged]
+
+
+def pointcloud_bench_cases(points: tuple[int, int] | None = None) -> list[SpeedCase]:
+    """The bench's PointNet and DGCNN cases; ``points`` = ``(min, max)`` points per cloud (the bench's if ``None``)."""
+    from bottleneck_pointcloud.speed import prepare_speed as pointcloud_cases
+
+    sizes = {} if points is None else {"min_points": points[0], "max_points": points[1]}
+    return pointcloud_cases(quick=True, train_size=64, dgcnn_train_size=32, test_size=64, **sizes)
+
+
+def parse_points(text: str) -> list[tuple[int, int]]:
+    """``"128-256,1024"`` -> ``[(128, 256), (1024, 1024)]``: points per cloud, each a range or one size."""
+    sizes = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            size = (int(low), int(high or low))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"points per cloud must be N or MIN-MAX, got {part.strip()!r}") from None
+        if not 1 <= size[0] <= size[1]:
+            raise argparse.ArgumentTypeError(f"points per cloud must satisfy 1 <= MIN <= MAX, got {part.strip()!r}")
+        sizes.append(size)
+    return sizes
 
 
 def repeated(inputs: Any, times: int) -> Any:
@@ -171,7 +203,11 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
     if "sparse" in ms:
         sparse_figures = {"speedup": ms["dense"] / ms["sparse"], "mask_ms": ms["sparse"] - ms["kept_model"],
                           "free_mask_speedup": ms["dense"] / ms["kept_model"]}
-    return {"model": case.name, "samples": samples, **{f"{name}_ms": value for name, value in ms.items()},
+    clouds = {}
+    if case.modality == "pointcloud":  # the size of each cloud and the points in the batch
+        low, high = case.settings["min_points"], case.settings["max_points"]
+        clouds = {"points_per_cloud": f"{low}-{high}" if low != high else str(low), "points": int(inputs.num_nodes)}
+    return {"model": case.name, "samples": samples, **clouds, **{f"{name}_ms": value for name, value in ms.items()},
             **sparse_figures,
             "explain_overhead": ms["explain"] / ms["dense"], "train_overhead": ms["masked_step"] / ms["plain_step"],
             **_kernel_ratios(counts), "counts": counts}
@@ -179,7 +215,7 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
 
 def _row(result: dict[str, Any]) -> str:
     if "error" in result:
-        return f"| {result['model']} | {result['samples']} | {result['error']} |"
+        return f"| {result['model']} | {result['samples']} | {result.get('points_per_cloud', '—')} | {result['error']} |"
     counts = result["counts"]
 
     def cell(name: str) -> str:
@@ -191,7 +227,8 @@ def _row(result: dict[str, Any]) -> str:
     sparse = ("— | — | — | — | —" if result["speedup"] is None else
               f"{result['sparse_ms']:.2f} | x{result['speedup']:.2f} | {result['kept_model_ms']:.2f} | "
               f"{result['mask_ms']:.2f} | x{result['free_mask_speedup']:.2f}")
-    return (f"| {result['model']} | {result['samples']} | {result['dense_ms']:.2f} | {sparse} | "
+    return (f"| {result['model']} | {result['samples']} | {result.get('points_per_cloud', '—')} | "
+            f"{result['dense_ms']:.2f} | {sparse} | "
             f"{result['explain_ms']:.2f} | {result['explain_overhead']:.2f} | {result['plain_step_ms']:.2f} | "
             f"{result['masked_step_ms']:.2f} | {result['train_overhead']:.2f} | "
             + " | ".join(cell(name) for name in ("dense", "sparse", "explain", "plain_step", "masked_step")) + " |")
@@ -204,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="CNN,ViT,PointNet,DGCNN,BiLSTM,BERT")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--points", type=parse_points, default=None,
+                        help="points per cloud for PointNet and DGCNN, comma-separated N or MIN-MAX "
+                             "(default: the bench's 128-256)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -215,21 +255,23 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--models {unknown} not among {sorted(cases)}")
     counted = "ops / launches / syncs / kernel ms" if device.type == "cuda" else "ops"
-    print(f"| model | samples | dense ms | sparse ms | speed-up | kept model ms | mask ms | free-mask speed-up "
+    print(f"| model | samples | points per cloud | dense ms | sparse ms | speed-up | kept model ms | mask ms | free-mask speed-up "
           f"| explain ms | explain overhead | plain step ms "
           f"| masked step ms | train overhead | dense {counted} | sparse {counted} | explain {counted} "
           f"| plain step {counted} | masked step {counted} |")
-    print("|---" * 18 + "|")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print("|---" * 19 + "|")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     results = []
+    sized = {points: {case.name: case for case in pointcloud_bench_cases(points)} for points in args.points or []}
     for name in wanted:
-        for times in (int(t) for t in args.times.split(",")):
+        variants = [by_name[name] for by_name in sized.values()] if cases[name].modality == "pointcloud" and sized \
+            else [cases[name]]
+        for case, times in ((case, int(t)) for case in variants for t in args.times.split(",")):
             try:
-                results.append(profile_case(cases[name], times, device, args.repeats, args.warmup))
+                results.append(profile_case(case, times, device, args.repeats, args.warmup))
             except torch.OutOfMemoryError:  # the larger batches of the larger models on a small device
                 torch.cuda.empty_cache()
-                results.append({"model": name, "samples": cases[name].batch[1].numel() * times,
-                                "error": "out of memory"})
+                results.append({"model": name, "samples": case.batch[1].numel() * times, "error": "out of memory"})
             print(_row(results[-1]), flush=True)
             if args.json:  # after every row: a run stopped by a time limit keeps what it measured
                 args.json.write_text(json.dumps({"device": str(device), "device_name": device_name,

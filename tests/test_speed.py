@@ -479,8 +479,28 @@ def test_launch_profile_times_and_counts_each_model_per_batch_size(tmp_path) -> 
             assert counts["kept_model"]["ops"] < counts["sparse"]["ops"]
         else:  # a CNN cannot skip pixels: no sparse call
             assert r["speedup"] is None and "sparse" not in counts
-    assert "| PointNet | 64 |" in done.stdout and "| CNN | 128 |" in done.stdout
+    assert "| PointNet | 64 | 128-256 |" in done.stdout and "| CNN | 128 | — |" in done.stdout
     assert json.loads(out.read_text())["heap"]["applied"] in (True, False)  # CPU: the bench's heap setting
     bad = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models", "LeNet"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--models ['LeNet'] not among" in bad.stderr
+
+
+def test_launch_profile_varies_the_points_per_cloud_of_the_point_cloud_models_only(tmp_path) -> None:
+    """``--points``: PointNet and DGCNN once per cloud size, on clouds of that size; other models once."""
+    out = tmp_path / "clouds.json"
+    done = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models",
+                           "DGCNN,CNN", "--times", "1", "--points", "20-24,40", "--repeats", "2", "--warmup", "0",
+                           "--json", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())["results"]
+    assert [(r["model"], r.get("points_per_cloud")) for r in results] == [("DGCNN", "20-24"), ("DGCNN", "40"),
+                                                                          ("CNN", None)]
+    small, large = results[0], results[1]
+    assert 32 * 20 <= small["points"] <= 32 * 24 and large["points"] == 32 * 40
+    assert large["kept_model_ms"] > 0 and large["mask_ms"] == large["sparse_ms"] - large["kept_model_ms"]
+    assert "| DGCNN | 32 | 40 |" in done.stdout
+    for bad_points, says in (("0-5", "1 <= MIN <= MAX"), ("9-3", "1 <= MIN <= MAX"), ("ten", "N or MIN-MAX")):
+        bad = subprocess.run([sys.executable, "benchmarks/launch_profile.py", "--device", "cpu", "--models",
+                              "DGCNN", "--points", bad_points], capture_output=True, text=True)
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr
