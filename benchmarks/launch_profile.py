@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections.abc import Callable
@@ -106,11 +107,10 @@ def parse_points(text: str) -> list[tuple[int, int]]:
     """``"128-256,1024"`` -> ``[(128, 256), (1024, 1024)]``: points per cloud, each a range or one size."""
     sizes = []
     for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        try:
-            size = (int(low), int(high or low))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"points per cloud must be N or MIN-MAX, got {part.strip()!r}") from None
+        matched = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if matched is None:
+            raise argparse.ArgumentTypeError(f"points per cloud must be N or MIN-MAX, got {part.strip()!r}")
+        size = (int(matched[1]), int(matched[2] or matched[1]))
         if not 1 <= size[0] <= size[1]:
             raise argparse.ArgumentTypeError(f"points per cloud must satisfy 1 <= MIN <= MAX, got {part.strip()!r}")
         sizes.append(size)
