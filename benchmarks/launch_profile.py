@@ -215,7 +215,8 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
 
 def _row(result: dict[str, Any]) -> str:
     if "error" in result:
-        return f"| {result['model']} | {result['samples']} | {result.get('points_per_cloud', '—')} | {result['error']} |"
+        return (f"| {result['model']} | {result['samples']} | {result.get('points_per_cloud', '—')} | "
+                f"{result['error']} |")
     counts = result["counts"]
 
     def cell(name: str) -> str:
@@ -255,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--models {unknown} not among {sorted(cases)}")
     counted = "ops / launches / syncs / kernel ms" if device.type == "cuda" else "ops"
-    print(f"| model | samples | points per cloud | dense ms | sparse ms | speed-up | kept model ms | mask ms | free-mask speed-up "
-          f"| explain ms | explain overhead | plain step ms "
+    print(f"| model | samples | points per cloud | dense ms | sparse ms | speed-up | kept model ms | mask ms "
+          f"| free-mask speed-up | explain ms | explain overhead | plain step ms "
           f"| masked step ms | train overhead | dense {counted} | sparse {counted} | explain {counted} "
           f"| plain step {counted} | masked step {counted} |")
     print("|---" * 19 + "|")
