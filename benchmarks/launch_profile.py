@@ -203,20 +203,27 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
     if "sparse" in ms:
         sparse_figures = {"speedup": ms["dense"] / ms["sparse"], "mask_ms": ms["sparse"] - ms["kept_model"],
                           "free_mask_speedup": ms["dense"] / ms["kept_model"]}
-    clouds = {}
-    if case.modality == "pointcloud":  # the size of each cloud and the points in the batch
-        low, high = case.settings["min_points"], case.settings["max_points"]
-        clouds = {"points_per_cloud": f"{low}-{high}" if low != high else str(low), "points": int(inputs.num_nodes)}
+    clouds = _points_per_cloud(case)
+    if clouds:  # and the points in the batch
+        clouds["points"] = int(inputs.num_nodes)
     return {"model": case.name, "samples": samples, **clouds, **{f"{name}_ms": value for name, value in ms.items()},
             **sparse_figures,
             "explain_overhead": ms["explain"] / ms["dense"], "train_overhead": ms["masked_step"] / ms["plain_step"],
             **_kernel_ratios(counts), "counts": counts}
 
 
+def _points_per_cloud(case: SpeedCase) -> dict[str, Any]:
+    """``{"points_per_cloud": "128-256"}`` for a point-cloud case (the size of its clouds), else ``{}``."""
+    if case.modality != "pointcloud":
+        return {}
+    low, high = case.settings["min_points"], case.settings["max_points"]
+    return {"points_per_cloud": f"{low}-{high}" if low != high else str(low)}
+
+
 def _row(result: dict[str, Any]) -> str:
+    head = f"| {result['model']} | {result['samples']} | {result.get('points_per_cloud', '—')} |"
     if "error" in result:
-        return (f"| {result['model']} | {result['samples']} | {result.get('points_per_cloud', '—')} | "
-                f"{result['error']} |")
+        return f"{head} {result['error']} |"
     counts = result["counts"]
 
     def cell(name: str) -> str:
@@ -228,8 +235,7 @@ def _row(result: dict[str, Any]) -> str:
     sparse = ("— | — | — | — | —" if result["speedup"] is None else
               f"{result['sparse_ms']:.2f} | x{result['speedup']:.2f} | {result['kept_model_ms']:.2f} | "
               f"{result['mask_ms']:.2f} | x{result['free_mask_speedup']:.2f}")
-    return (f"| {result['model']} | {result['samples']} | {result.get('points_per_cloud', '—')} | "
-            f"{result['dense_ms']:.2f} | {sparse} | "
+    return (f"{head} {result['dense_ms']:.2f} | {sparse} | "
             f"{result['explain_ms']:.2f} | {result['explain_overhead']:.2f} | {result['plain_step_ms']:.2f} | "
             f"{result['masked_step_ms']:.2f} | {result['train_overhead']:.2f} | "
             + " | ".join(cell(name) for name in ("dense", "sparse", "explain", "plain_step", "masked_step")) + " |")
@@ -272,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(profile_case(case, times, device, args.repeats, args.warmup))
             except torch.OutOfMemoryError:  # the larger batches of the larger models on a small device
                 torch.cuda.empty_cache()
-                results.append({"model": name, "samples": case.batch[1].numel() * times, "error": "out of memory"})
+                results.append({"model": name, "samples": case.batch[1].numel() * times, **_points_per_cloud(case),
+                                "error": "out of memory"})
             print(_row(results[-1]), flush=True)
             if args.json:  # after every row: a run stopped by a time limit keeps what it measured
                 args.json.write_text(json.dumps({"device": str(device), "device_name": device_name,
