@@ -71,6 +71,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch_geometric.data import Batch
 
+from bottleneck.devices import device_argument
 from bottleneck.speed import SpeedCase, cpu_name
 from bottleneck.timing import interleaved, steady_heap, top_level_ops
 from bottleneck.train import _to, call_model
@@ -243,7 +244,8 @@ def _row(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument,
+                        help="cpu, cuda, cuda:N or mps (default: cuda where there is one)")
     parser.add_argument("--times", default="1,4,16", help="batch repeats, comma-separated (1 = the bench's batch)")
     parser.add_argument("--models", default="CNN,ViT,PointNet,DGCNN,BiLSTM,BERT")
     parser.add_argument("--repeats", type=int, default=21)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .devices import DEVICE_HELP, checked_device
 from .errors import BottleneckError
 from .plugins import demos, plugin_info
 
@@ -79,11 +80,6 @@ def _write_outputs(args: argparse.Namespace, report: dict[str, Any], text: str) 
 def _bench_speed(args: argparse.Namespace) -> int:
     from .speed import Timing, markdown, run_speed
 
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BottleneckError(f"--device {args.device} but CUDA is not available here")
     if args.repeats < 2:
         raise BottleneckError(f"--repeats must be >= 2 (got {args.repeats})")
     if args.sparse_processes < 1:
@@ -173,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     for item in demos().values():
         sub = names.add_parser(item.name, help=item.help, description=item.help)
         sub.add_argument("--out", required=True, help="output directory")
-        sub.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+        sub.add_argument("--device", default="cpu", help=DEVICE_HELP)
         sub.add_argument("--quick", action="store_true", help="a small, fast setting")
         for name, (kind, default, help_text) in item.options.items():
             sub.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=default, help=help_text)
@@ -187,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_bench.add_argument("--json", required=True, help="write the figures here")
     explain_bench.add_argument("--markdown", help="also write the results table here")
     explain_bench.add_argument("--quick", action="store_true", help="small setting, minutes on a 2-core CPU")
-    explain_bench.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    explain_bench.add_argument("--device", default="cpu", help=DEVICE_HELP)
     explain_bench.add_argument("--seed", type=int, default=0)
     explain_bench.add_argument("--out", help="save the explain-mode mask and renders in this directory")
     explain_bench.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -197,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed_bench.add_argument("--json", required=True, help="write the figures here")
     speed_bench.add_argument("--markdown", help="also write the tables here")
     speed_bench.add_argument("--quick", action="store_true", help="smaller training sets and no 100k scaling point")
-    speed_bench.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    speed_bench.add_argument("--device", default="cpu", help=DEVICE_HELP)
     speed_bench.add_argument("--modality", action="append", help="only this modality (repeatable; default all)")
     speed_bench.add_argument("--models", help="only these models, comma-separated (PointNet,ViT,...)")
     speed_bench.add_argument("--repeats", type=int, default=31, help="timed rounds per mode (speed.Timing)")
@@ -234,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="explain a testbed's test data with a saved model and mask; write renders")
     explain.add_argument("mask", help="a mask file saved by `bottleneck bench explain --out DIR`")
     explain.add_argument("--out", required=True, help="output directory")
-    explain.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    explain.add_argument("--device", default="cpu", help=DEVICE_HELP)
     explain.add_argument("--batches", type=int, default=1, help="test batches to render (all are scored)")
     explain.set_defaults(func=_explain)
 
@@ -247,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--mitigation", choices=["mask", "reweight"], default="mask",
                        help="penalise the mask on cue units, or reweight groups")
     audit.add_argument("--quick", action="store_true", help="small setting, minutes on a 2-core CPU")
-    audit.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    audit.add_argument("--device", default="cpu", help=DEVICE_HELP)
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--no-progress", action="store_true", help="no progress bars")
     audit.set_defaults(func=_audit)
@@ -257,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "device", None) is not None:  # before any work: a typo fails now, not after training
+            args.device = checked_device(args.device)
         return args.func(args)
     except BottleneckError as error:
         print(f"bottleneck: error: {error}", file=sys.stderr)

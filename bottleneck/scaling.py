@@ -51,6 +51,7 @@ from collections.abc import Callable
 
 import torch
 
+from .devices import DEVICE_HELP, device_argument
 from .layer import MaskLayer
 from .neighbors import HAS_TORCH_CLUSTER, knn_graph, serial_knn_graph
 from .timing import run_child, steady_heap, time_call, top_level_ops, use_threads
@@ -307,7 +308,7 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=device_argument, help=DEVICE_HELP)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--child-knn", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-layer", type=int, help=argparse.SUPPRESS)

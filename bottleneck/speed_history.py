@@ -118,8 +118,9 @@ def load_history(paths: list[str | Path], labels: list[str] | None = None) -> li
         raise BottleneckError(f"runs need distinct labels; {repeated} name more than one report (give --labels)")
     runs = []
     for path, label in zip(paths, labels, strict=True):
+        report = load_speed_report(path)  # its own errors say what is wrong with the file
         try:
-            runs.append(run_figures(load_speed_report(path), label))
+            runs.append(run_figures(report, label))
         except (KeyError, TypeError, ValueError) as exc:  # a hand-edited or truncated report
             raise BottleneckError(f"{path}: the speed report lacks or garbles a judged figure ({exc!r})") from exc
     return runs

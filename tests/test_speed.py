@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import importlib.util
 import json
 import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -510,10 +509,7 @@ def test_launch_profile_varies_the_points_per_cloud_of_the_point_cloud_models_on
 
 
 def test_launch_profile_reads_points_per_cloud_as_sizes_or_ranges_and_says_what_is_wrong() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "launch_profile", Path(__file__).resolve().parents[1] / "benchmarks" / "launch_profile.py")
-    launch_profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch_profile)
+    launch_profile = load_benchmark("launch_profile")
     assert launch_profile.parse_points("128-256, 1024") == [(128, 256), (1024, 1024)]
     for bad_points, says in (("0-5", "1 <= MIN <= MAX, got '0-5'"), ("ten", "N or MIN-MAX, got 'ten'"),
                              ("5-", "N or MIN-MAX, got '5-'")):

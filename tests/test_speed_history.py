@@ -160,7 +160,17 @@ def test_cli_prints_and_writes_the_table_and_the_picture(tmp_path, capsys) -> No
 )
 def test_cli_errors_say_what_is_wrong(args, message, capsys) -> None:
     assert main(["bench", "history", *args]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert "BottleneckError(" not in err  # the file's own error, said once, not wrapped in another
+
+
+def test_a_file_that_is_not_json_is_named_plainly(tmp_path, capsys) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a report")
+    assert main(["bench", "history", str(path)]) == 2
+    assert capsys.readouterr().err == f"bottleneck: error: {path} is not a JSON speed report: " \
+        "Expecting value: line 1 column 1 (char 0)\n"
 
 
 def test_a_garbled_report_is_named_in_the_error(tmp_path) -> None:
