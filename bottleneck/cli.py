@@ -11,6 +11,7 @@ from typing import Any
 
 from .devices import DEVICE_HELP, checked_device
 from .errors import BottleneckError
+from .output_paths import FIGURE, FILE, FOLDER, check_output
 from .plugins import demos, plugin_info
 
 
@@ -84,10 +85,6 @@ def _bench_speed(args: argparse.Namespace) -> int:
         raise BottleneckError(f"--repeats must be >= 2 (got {args.repeats})")
     if args.sparse_processes < 1:
         raise BottleneckError(f"--sparse-processes must be >= 1 (got {args.sparse_processes})")
-    if args.figure:  # fail now, not after the run, where matplotlib is missing
-        from .viz import pyplot
-
-        pyplot("--figure")
     modalities = args.modality or sorted(name for name, item in demos().items() if item.speed is not None)
     cases = [case for modality in modalities
              for case in _provider(modality, "speed")(quick=args.quick, seed=args.seed)]
@@ -173,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quick", action="store_true", help="a small, fast setting")
         for name, (kind, default, help_text) in item.options.items():
             sub.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=default, help=help_text)
-        sub.set_defaults(func=_demo)
+        sub.set_defaults(func=_demo, outputs={"out": FOLDER})
 
     bench = commands.add_parser("bench", help="benchmarks that print and write JSON figures")
     kinds = bench.add_subparsers(dest="kind", required=True)
@@ -187,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain_bench.add_argument("--seed", type=int, default=0)
     explain_bench.add_argument("--out", help="save the explain-mode mask and renders in this directory")
     explain_bench.add_argument("--no-progress", action="store_true", help="no progress bars")
-    explain_bench.set_defaults(func=_bench_explain, command_line=None)
+    explain_bench.set_defaults(func=_bench_explain, command_line=None,
+                               outputs={"json": FILE, "markdown": FILE, "out": FOLDER})
     speed_bench = kinds.add_parser(
         "speed", help="what the mask costs in training and explanation and saves at inference; scaling")
     speed_bench.add_argument("--json", required=True, help="write the figures here")
@@ -211,12 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed_bench.add_argument("--figure", help="also draw the figures against their targets here (PNG, SVG, PDF)")
     speed_bench.add_argument("--seed", type=int, default=0)
     speed_bench.add_argument("--no-progress", action="store_true", help="no progress bars")
-    speed_bench.set_defaults(func=_bench_speed, command_line=None)
+    speed_bench.set_defaults(func=_bench_speed, command_line=None,
+                             outputs={"json": FILE, "markdown": FILE, "figure": FIGURE})
 
     plot = kinds.add_parser("plot", help="draw a saved speed report (bench speed --json) against its targets")
     plot.add_argument("report", help="JSON written by bottleneck bench speed --json")
     plot.add_argument("--out", required=True, help="the picture (PNG, SVG or PDF by its suffix)")
-    plot.set_defaults(func=_bench_plot)
+    plot.set_defaults(func=_bench_plot, outputs={"out": FIGURE})
 
     history = kinds.add_parser("history", help="several saved speed reports side by side: every judged figure per "
                                "run and how often each claim held")
@@ -224,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--labels", help="comma-separated run names, one per report (default: the file names)")
     history.add_argument("--markdown", help="also write the table here")
     history.add_argument("--figure", help="draw each judged figure per run against its target (PNG, SVG or PDF)")
-    history.set_defaults(func=_bench_history)
+    history.set_defaults(func=_bench_history, outputs={"markdown": FILE, "figure": FIGURE})
 
     explain = commands.add_parser(
         "explain", help="explain a testbed's test data with a saved model and mask; write renders")
@@ -232,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, help="output directory")
     explain.add_argument("--device", default="cpu", help=DEVICE_HELP)
     explain.add_argument("--batches", type=int, default=1, help="test batches to render (all are scored)")
-    explain.set_defaults(func=_explain)
+    explain.set_defaults(func=_explain, outputs={"out": FOLDER})
 
     audit = commands.add_parser(
         "audit", help="train plain, masked and mitigated models on cue-biased data; audit and compare them")
@@ -246,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--device", default="cpu", help=DEVICE_HELP)
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--no-progress", action="store_true", help="no progress bars")
-    audit.set_defaults(func=_audit)
+    audit.set_defaults(func=_audit, outputs={"out": FOLDER})
     return parser
 
 
@@ -255,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "device", None) is not None:  # before any work: a typo fails now, not after training
             args.device = checked_device(args.device)
+        for option, kind in getattr(args, "outputs", {}).items():  # and where it will write
+            if getattr(args, option, None) is not None:
+                check_output(getattr(args, option), kind, f"--{option}")
         return args.func(args)
     except BottleneckError as error:
         print(f"bottleneck: error: {error}", file=sys.stderr)
