@@ -78,6 +78,11 @@ def _write_outputs(args: argparse.Namespace, report: dict[str, Any], text: str) 
     return 0
 
 
+def partial_report_path(json_path: str) -> Path:
+    """Where ``bench speed`` keeps its report as it stands while it runs: ``speed.json`` -> ``speed.partial.json``."""
+    return Path(json_path).with_suffix(".partial.json")
+
+
 def _bench_speed(args: argparse.Namespace) -> int:
     from .speed import Timing, markdown, run_speed
 
@@ -95,13 +100,25 @@ def _bench_speed(args: argparse.Namespace) -> int:
             raise BottleneckError(f"--models {unknown} not among {[case.name for case in cases]}")
         cases = [case for case in cases if case.name in wanted]
     timing = Timing(args.repeats, args.warmup, args.sparse_processes)
-    report = run_speed(cases, args.device, timing=timing, progress=not args.no_progress,
-                       hold_heap=not args.system_heap, sparse_in_child=not args.sparse_in_process,
-                       seed=args.seed, scaling=not args.no_scaling,
-                       scaling_sizes=(1_000, 10_000) if args.quick else None)
     command = "bottleneck " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    partial = partial_report_path(args.json)
+    partial.unlink(missing_ok=True)  # an earlier stopped run's: not to be read as this one's
+
+    def keep_partial(so_far: dict[str, Any]) -> None:  # a half-hour run stopped late keeps what it measured
+        _write_text(str(partial), json.dumps({**so_far, "partial": True, "command": command}, indent=2) + "\n")
+
+    try:
+        report = run_speed(cases, args.device, timing=timing, progress=not args.no_progress,
+                           hold_heap=not args.system_heap, sparse_in_child=not args.sparse_in_process,
+                           seed=args.seed, scaling=not args.no_scaling,
+                           scaling_sizes=(1_000, 10_000) if args.quick else None, on_progress=keep_partial)
+    except BaseException:
+        if partial.exists():
+            print(f"bottleneck: the run stopped; what it measured so far is in {partial}", file=sys.stderr)
+        raise
     report["command"] = command
     code = _write_outputs(args, report, markdown(report, command))
+    partial.unlink(missing_ok=True)
     if args.figure:
         from .speed_figure import plot_speed
 

@@ -496,13 +496,16 @@ def _environment(device: torch.device) -> dict[str, Any]:
 def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, timing: Timing | None = None,
               progress: bool = True, seed: int = 0, scaling: bool = True,
               scaling_sizes: tuple[int, ...] | None = None, hold_heap: bool = False,
-              sparse_in_child: bool = False) -> dict[str, Any]:
+              sparse_in_child: bool = False,
+              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """All four sections for ``cases``; the report ``bottleneck bench speed`` writes.
 
     ``hold_heap`` keeps freed memory in this process's heap on CPU (:func:`~bottleneck.timing.steady_heap`,
     for the rest of the process: the command line sets it, a library caller chooses).
     ``sparse_in_child`` times the sparse speed-ups in a fresh process per model
     (:mod:`bottleneck.sparse_timing`; the command line's default).
+    ``on_progress`` is called with the report as it stands (no claims or settings yet) after
+    each model and after the scaling section: a caller keeps what a stopped run measured.
     """
     if not cases:
         raise BottleneckError("no speed cases: install a modality plugin that registers Demo(speed=...)")
@@ -536,10 +539,14 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
                      f"dense {sparse['dense_accuracy']:.3f})")
         if progress:
             print(line, flush=True)
+        if on_progress is not None:
+            on_progress(report)
     if scaling:
         from .scaling import SIZES, run_scaling
 
         report["scaling"] = run_scaling(dev, sizes=scaling_sizes or SIZES, progress=progress, hold_heap=held)
+        if on_progress is not None:
+            on_progress(report)
     report["claims"] = claims(report, targets)
     report["settings"] = {
         **_environment(dev), "heap": heap, "sparse_in_child": sparse_in_child,

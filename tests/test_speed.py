@@ -335,6 +335,27 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys) -> None:
     assert report["settings"]["heap"] is None
     assert report["command"].startswith("bottleneck ")
     assert "BiLSTM" in table.read_text() and "BiLSTM" in capsys.readouterr().out
+    assert not (tmp_path / "speed.partial.json").exists()  # kept only while the run runs
+
+
+def test_cli_keeps_what_a_stopped_run_measured(tmp_path, capsys, monkeypatch) -> None:
+    """A run stopped in its last section (Ctrl-C in the scaling, injected here) keeps every model's figures."""
+    import bottleneck.scaling
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bottleneck.scaling, "run_scaling", stopped)
+    out = tmp_path / "speed.json"
+    (tmp_path / "speed.partial.json").write_text("{}")  # an earlier stopped run's: replaced, not kept
+    with pytest.raises(KeyboardInterrupt):
+        main(["bench", "speed", "--modality", "text", "--models", "BiLSTM", "--quick", "--repeats", "2",
+              "--warmup", "0", "--no-progress", "--json", str(out), "--system-heap"])
+    assert not out.exists()
+    partial = json.loads((tmp_path / "speed.partial.json").read_text())
+    assert partial["partial"] is True and partial["command"].startswith("bottleneck ")
+    assert set(partial["train_overhead"]) == {"BiLSTM"} and partial["details"]["train"]["BiLSTM"]["ratio"] > 0
+    assert f"what it measured so far is in {tmp_path / 'speed.partial.json'}" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, capsys) -> None:
