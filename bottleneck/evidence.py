@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from . import baselines
+from .devices import torch_device
 from .errors import BottleneckError
 from .faithfulness import Perturber, comprehensiveness_sufficiency, deletion_insertion
 from .fbi import feature_norm
@@ -238,7 +239,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Train, explain and score every method; returns the JSON-ready report."""
     started = time.perf_counter()
-    dev = torch.device(device)
+    dev = torch_device(device)
     models = train_models(testbed, dev, progress=progress, seed=seed)
     results: dict[str, dict[str, Any]] = {}
     for name, method in methods(models, testbed, seed=seed).items():

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .devices import torch_device
 from .errors import BottleneckError
 from .io import load, read_config
 from .metrics import nanmean, precision_at_k, segment_auroc
@@ -41,7 +42,7 @@ def explain_saved(mask_path: Path, out_dir: Path, *, device: str = "cpu", batche
     settings = dict(extra.get("testbed_settings") or {})
     quick, seed = bool(settings.pop("quick", False)), int(settings.pop("seed", 0))
     testbed = provider.testbed(quick=quick, seed=seed, **settings)
-    dev = torch.device(device)
+    dev = torch_device(device)
     masked = load(mask_path, testbed.make_model()).to(dev)
     masked.eval()
     out_dir.mkdir(parents=True, exist_ok=True)

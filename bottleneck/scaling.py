@@ -51,7 +51,7 @@ from collections.abc import Callable
 
 import torch
 
-from .devices import DEVICE_HELP, device_argument
+from .devices import DEVICE_HELP, device_argument, torch_device
 from .layer import MaskLayer
 from .neighbors import HAS_TORCH_CLUSTER, knn_graph, serial_knn_graph
 from .timing import run_child, steady_heap, time_call, top_level_ops, use_threads
@@ -262,7 +262,7 @@ def run_scaling(device: str | torch.device = "cpu", *, repeats: int = 15, sizes:
     in a full bench, against 12.4-12.8 ms with it. The kNN's peak memory is always measured
     under the default allocator.
     """
-    dev = torch.device(device)
+    dev = torch_device(device)
     layer = ("--repeats", str(repeats), *(["--steady-heap"] if hold_heap else []))
     cpu = dev.type == "cpu"
     judged = "mask_layer_ms_one_thread" if cpu else "mask_layer_ms"

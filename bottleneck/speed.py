@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import BestOnValidation
+from .devices import torch_device
 from .distill import DenseTeacher
 from .errors import BottleneckError
 from .sparse_timing import time_sparse, time_sparse_in_child
@@ -509,7 +510,7 @@ def run_speed(cases: list[SpeedCase], device: str | torch.device = "cpu", *, tim
     """
     if not cases:
         raise BottleneckError("no speed cases: install a modality plugin that registers Demo(speed=...)")
-    dev = torch.device(device)
+    dev = torch_device(device)
     timing = timing or Timing()
     heap = steady_heap() if hold_heap and dev.type == "cpu" else None
     held = heap is not None and heap["applied"]  # the children hold theirs too

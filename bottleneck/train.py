@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .devices import torch_device
 from .errors import BottleneckError, CollapsedMaskWarning, FaithfulnessWarning, describe
 from .modes import evaluating
 from .segment import segment_max
@@ -116,7 +117,7 @@ def fit(
         raise BottleneckError(f"schedule must be 'cosine' or None (got {schedule!r})")
     if device is None:
         device = next(model.parameters()).device
-    device = torch.device(device)
+    device = torch_device(device)
     model.to(device)
     masked = model if isinstance(model, MaskedModel) else None
     num_batches = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]

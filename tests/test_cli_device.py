@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from benchmark_scripts import load_benchmark
+from torch import nn
 
 from bottleneck.cli import main
-from bottleneck.devices import checked_device
+from bottleneck.devices import checked_device, torch_device
 from bottleneck.errors import BottleneckError
 from bottleneck.scaling import main as scaling_main
+from bottleneck.train import fit
 
 #: Every command that takes ``--device``, with the other arguments it needs to get past argparse.
 COMMANDS = {
@@ -30,7 +32,7 @@ def test_an_unknown_device_fails_before_any_work(command, tmp_path, capsys) -> N
     out = tmp_path / "out"
     assert _run(command, "tpu", out) == 2
     err = capsys.readouterr().err
-    assert err == "bottleneck: error: --device 'tpu' is not a device the commands run on: " \
+    assert err == "bottleneck: error: --device 'tpu' is not a device bottleneck runs on: " \
         "expected cpu, cuda, cuda:N or mps\n"
     assert not out.exists()  # nothing trained, nothing written
 
@@ -64,4 +66,11 @@ def test_the_benchmark_scripts_check_their_device_as_a_usage_error(script, capsy
     with pytest.raises(SystemExit) as exited:
         script_main(["--device", "tpu"])
     assert exited.value.code == 2
-    assert "argument --device: --device 'tpu' is not a device the commands run on" in capsys.readouterr().err
+    assert "argument --device: --device 'tpu' is not a device bottleneck runs on" in capsys.readouterr().err
+
+
+def test_the_library_entry_points_check_their_device_too() -> None:
+    """``fit`` (and ``run_speed``, ``run_benchmark``, ...) through :func:`torch_device`: the same message, named ``device``."""
+    with pytest.raises(BottleneckError, match="^device 'tpu' is not a device bottleneck runs on"):
+        fit(nn.Linear(2, 2), [], device="tpu")
+    assert torch_device(torch.device("cpu")) == torch.device("cpu")
