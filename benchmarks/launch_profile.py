@@ -18,6 +18,8 @@ depend on them) on its timing batch repeated 1, 4, 16, ... times:
   ``free_mask_speedup = dense_ms / kept_model_ms`` the speed-up a mask that cost nothing would
   give: the ceiling for that model and batch, set by how the model's own cost falls with
   its input;
+* ``mask_stages_ms``: that mask part stage by stage (:func:`mask_stages`: the units, the
+  scorer, each sample's top-k, the drop), each timed as a call of its own in the same rounds;
 * ``plain_step_ms`` / ``masked_step_ms``: a training step (forward, backward) of the
   plain model and of the jointly masked one; ``train_overhead`` their ratio;
 * per call, from one profiled call of each: ``ops`` (top-level ATen operations),
@@ -179,6 +181,7 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
             adapter = sparse.adapter(inputs)
             inference["sparse"] = lambda: sparse.sparse(inputs, keep=KEEP)
             inference["kept_model"] = lambda: adapter.call_model(sparse.model, reduced)
+            inference.update(mask_stages(sparse, inputs))
 
     def plain_step() -> None:
         plain.zero_grad(set_to_none=True)
@@ -203,7 +206,8 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
     sparse_figures = {"speedup": None}
     if "sparse" in ms:
         sparse_figures = {"speedup": ms["dense"] / ms["sparse"], "mask_ms": ms["sparse"] - ms["kept_model"],
-                          "free_mask_speedup": ms["dense"] / ms["kept_model"]}
+                          "free_mask_speedup": ms["dense"] / ms["kept_model"],
+                          "mask_stages_ms": {stage: ms.pop(f"stage_{stage}") for stage in MASK_STAGES}}
     clouds = _points_per_cloud(case)
     if clouds:  # and the points in the batch
         clouds["points"] = int(inputs.num_nodes)
@@ -211,6 +215,34 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
             **sparse_figures,
             "explain_overhead": ms["explain"] / ms["dense"], "train_overhead": ms["masked_step"] / ms["plain_step"],
             **_kernel_ratios(counts), "counts": counts}
+
+
+#: The stages of a sparse call's mask part, in order (see :func:`mask_stages`).
+MASK_STAGES = ("units", "scorer", "top_k", "drop")
+
+
+def mask_stages(sparse: Any, inputs: Any) -> dict[str, Callable[[], Any]]:
+    """Each stage of ``sparse.sparse(inputs, keep=KEEP)`` before the model, as a call of its own.
+
+    ``units``: the input as units (features, batch vector, checks); ``scorer``: the mask's
+    relevance of every unit; ``top_k``: each sample's top ``ceil(KEEP n_i)`` units; ``drop``:
+    the input rebuilt with only those. Each runs on what the stage before gave (made once,
+    here), the calls :meth:`~bottleneck.wrap.MaskedModel.sparse` makes with the mask at the
+    input. Timed in the same interleaved rounds as the whole call, their sum is close to
+    ``mask_ms`` but not equal: a stage timed alone finds its caches as the stage before it
+    left them only in the whole call.
+    """
+    if sparse.target_layer is not None:
+        raise ValueError("mask stages are those of a mask at the input")
+    adapter = sparse.adapter(inputs)
+    units = adapter.to_units(inputs, with_graph=False)
+    relevance = sparse.mask.relevance(sparse.encode(units))
+    kept = sparse._top_units(relevance, units, KEEP)
+    calls = {"units": lambda: adapter.to_units(inputs, with_graph=False),
+             "scorer": lambda: sparse.mask.relevance(sparse.encode(units)),
+             "top_k": lambda: sparse._top_units(relevance, units, KEEP),
+             "drop": lambda: adapter.drop_units(inputs, units, kept)}
+    return {f"stage_{stage}": calls[stage] for stage in MASK_STAGES}
 
 
 def _points_per_cloud(case: SpeedCase) -> dict[str, Any]:
@@ -233,9 +265,10 @@ def _row(result: dict[str, Any]) -> str:
             return "—"
         return f"{c['ops']}" + (f" / {c['launches']} / {c['syncs']} / {c['kernel_ms']:.2f}" if "launches" in c else "")
 
-    sparse = ("— | — | — | — | —" if result["speedup"] is None else
+    sparse = ("— | — | — | — | — | —" if result["speedup"] is None else
               f"{result['sparse_ms']:.2f} | x{result['speedup']:.2f} | {result['kept_model_ms']:.2f} | "
-              f"{result['mask_ms']:.2f} | x{result['free_mask_speedup']:.2f}")
+              f"{result['mask_ms']:.2f} | {' / '.join(f'{v:.2f}' for v in result['mask_stages_ms'].values())} | "
+              f"x{result['free_mask_speedup']:.2f}")
     return (f"{head} {result['dense_ms']:.2f} | {sparse} | "
             f"{result['explain_ms']:.2f} | {result['explain_overhead']:.2f} | {result['plain_step_ms']:.2f} | "
             f"{result['masked_step_ms']:.2f} | {result['train_overhead']:.2f} | "
@@ -265,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--models {unknown} not among {sorted(cases)}")
     counted = "ops / launches / syncs / kernel ms" if device.type == "cuda" else "ops"
     print(f"| model | samples | points per cloud | dense ms | sparse ms | speed-up | kept model ms | mask ms "
-          f"| free-mask speed-up | explain ms | explain overhead | plain step ms "
+          f"| mask stages ms ({' / '.join(MASK_STAGES)}) | free-mask speed-up | explain ms | explain overhead | plain step ms "
           f"| masked step ms | train overhead | dense {counted} | sparse {counted} | explain {counted} "
           f"| plain step {counted} | masked step {counted} |")
-    print("|---" * 19 + "|")
+    print("|---" * 20 + "|")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     results = []
     sized = {points: {case.name: case for case in pointcloud_bench_cases(points)} for points in args.points or []}

@@ -513,6 +513,11 @@ def test_launch_profile_times_and_counts_each_model_per_batch_size(tmp_path) -> 
             assert r["kept_model_ms"] > 0 and r["mask_ms"] == r["sparse_ms"] - r["kept_model_ms"]
             assert r["free_mask_speedup"] == r["dense_ms"] / r["kept_model_ms"]
             assert counts["kept_model"]["ops"] < counts["sparse"]["ops"]
+            # the mask part stage by stage, each a call of its own whose operations the whole call makes too
+            stages = r["mask_stages_ms"]
+            assert list(stages) == ["units", "scorer", "top_k", "drop"] and all(v > 0 for v in stages.values())
+            stage_ops = sum(counts[f"stage_{stage}"]["ops"] for stage in stages)
+            assert stage_ops + counts["kept_model"]["ops"] <= counts["sparse"]["ops"]
         else:  # a CNN cannot skip pixels: no sparse call
             assert r["speedup"] is None and "sparse" not in counts
     assert "| PointNet | 64 | 128-256 |" in done.stdout and "| CNN | 128 | — |" in done.stdout
