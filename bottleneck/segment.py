@@ -7,6 +7,7 @@ subset with index remapping. No Python loops over samples.
 
 from __future__ import annotations
 
+import math
 from types import EllipsisType
 from typing import Any
 
@@ -281,6 +282,10 @@ def segment_topk_mask(
 
     ``keep`` is a fraction in (0, 1] or a ``[B]`` tensor of per-sample counts.
     """
+    if not isinstance(keep, Tensor):  # samples of one size (image patches, fixed-length text): no table to build
+        kept = _top_of_equal_samples(scores, batch, num_samples, keep, minimum)
+        if kept is not None:
+            return kept
     counts = torch.bincount(batch, minlength=num_samples)
     if isinstance(keep, Tensor):
         k = torch.minimum(keep, counts)
@@ -288,6 +293,38 @@ def segment_topk_mask(
         k = keep_counts(counts, keep, minimum)
     kept = _top_by_threshold(scores, batch, counts, k)
     return segment_rank(scores, batch, num_samples) < k[batch] if kept is None else kept
+
+
+def _top_of_equal_samples(scores: Tensor, batch: Tensor, num_samples: int, keep: float,
+                          minimum: int) -> Tensor | None:
+    """Each sample's top ``ceil(keep * n)`` units when every sample has ``n`` units in order, or ``None``.
+
+    :func:`_top_by_threshold` on rows that need no table: the scores viewed as ``[B, n]``
+    are that table already, and every row keeps the same ``k`` (a Python int, no per-sample
+    counts). The same selection, ties by unit order included, in 20 tensor operations
+    instead of 48 and one host sync (the layout check and the NaN check together).
+    Why: the ViT's sparse call spent 0.50 ms of its 7.1 ms in the top-k on 64 images of 64
+    patches (2 CPU cores). ``None`` (the general path then runs) for non-float or non-flat
+    scores, ragged or unsorted samples, and NaN scores.
+    """
+    count = scores.numel()
+    if not scores.is_floating_point() or scores.dim() != 1 or num_samples <= 0 or count == 0 \
+            or count % num_samples:
+        return None
+    width = count // num_samples
+    ids = torch.arange(num_samples, device=batch.device).unsqueeze(1)
+    in_order, has_nan = torch.stack([(batch.reshape(num_samples, width) == ids).all(), scores.isnan().any()]).tolist()
+    if not in_order or has_nan:
+        return None
+    k = min(max(math.ceil(width * keep - 1e-9), minimum), width)  # keep_counts' figure, in the same float64
+    if k <= 0:
+        return torch.zeros(count, dtype=torch.bool, device=scores.device)
+    table = scores.view(num_samples, width)
+    threshold = torch.topk(table, k, dim=1).values[:, k - 1:]
+    above = table > threshold
+    equal = table == threshold
+    still_needed = k - above.sum(1, keepdim=True)
+    return (above | (equal & (equal.cumsum(1) <= still_needed))).view(-1)
 
 
 def _top_by_threshold(scores: Tensor, batch: Tensor, counts: Tensor, k: Tensor) -> Tensor | None:

@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from bottleneck.metrics import segment_auroc
-from bottleneck.segment import compact, keep_counts, segment_rank, segment_topk_mask
+from bottleneck.segment import (
+    _top_of_equal_samples,
+    compact,
+    keep_counts,
+    segment_rank,
+    segment_topk_mask,
+)
 from bottleneck.units import batch_from_counts
 
 ragged = st.lists(st.integers(1, 12), min_size=1, max_size=6)
@@ -52,6 +58,36 @@ def test_segment_topk_breaks_ties_by_unit_order_like_the_rank(counts: list[int],
     k = torch.randint(0, 14, (len(counts),), generator=g)
     mask = segment_topk_mask(scores, batch, len(counts), k)
     assert torch.equal(mask, segment_rank(scores, batch, len(counts)) < k[batch])
+
+
+@settings(max_examples=80, deadline=None)
+@given(samples=st.integers(1, 6), width=st.integers(1, 12), keep=st.floats(0.01, 1.0), minimum=st.integers(0, 3),
+       seed=st.integers(0, 10_000), special=st.sampled_from(["none", "-inf", "nan", "inf"]))
+def test_samples_of_one_size_keep_what_the_rank_keeps(samples: int, width: int, keep: float, minimum: int,
+                                                      seed: int, special: str) -> None:
+    """Samples of one size in order (image patches) take their own path, without the padded table:
+    the same units as the stable rank, ties to the earlier units, infinite scores included; with a
+    NaN the path steps aside (``None``) and the general one answers."""
+    g = torch.Generator().manual_seed(seed)
+    batch = batch_from_counts(torch.full((samples,), width))
+    scores = torch.randint(0, 3, (batch.numel(),), generator=g).float()  # many ties
+    if special != "none":
+        scores[torch.randint(0, batch.numel(), (2,), generator=g)] = float(special)
+    k = keep_counts(torch.full((samples,), width), keep, minimum)
+    own = _top_of_equal_samples(scores, batch, samples, keep, minimum)
+    assert (own is None) == (special == "nan")
+    expected = segment_rank(scores, batch, samples) < k[batch]
+    assert torch.equal(segment_topk_mask(scores, batch, samples, keep, minimum), expected)
+    if own is not None:
+        assert torch.equal(own, expected)
+
+
+def test_the_path_for_samples_of_one_size_leaves_ragged_or_unsorted_ones_to_the_general_path() -> None:
+    scores = torch.arange(6.0)
+    assert _top_of_equal_samples(scores, torch.tensor([0, 0, 0, 1, 1, 1]), 2, 0.5, 1) is not None
+    assert _top_of_equal_samples(scores, torch.tensor([0, 0, 1, 1, 1, 1]), 2, 0.5, 1) is None  # ragged
+    assert _top_of_equal_samples(scores, torch.tensor([1, 1, 1, 0, 0, 0]), 2, 0.5, 1) is None  # unsorted
+    assert _top_of_equal_samples(scores, torch.tensor([0, 0, 0, 0, 1, 1]), 3, 0.5, 1) is None  # a sample empty
 
 
 @settings(max_examples=40, deadline=None)
