@@ -320,11 +320,7 @@ def _top_of_equal_samples(scores: Tensor, batch: Tensor, num_samples: int, keep:
     if k <= 0:
         return torch.zeros(count, dtype=torch.bool, device=scores.device)
     table = scores.view(num_samples, width)
-    threshold = torch.topk(table, k, dim=1).values[:, k - 1:]
-    above = table > threshold
-    equal = table == threshold
-    still_needed = k - above.sum(1, keepdim=True)
-    return (above | (equal & (equal.cumsum(1) <= still_needed))).view(-1)
+    return _first_k_of_rows(table, torch.topk(table, k, dim=1).values[:, k - 1:], k).view(-1)
 
 
 def _top_by_threshold(scores: Tensor, batch: Tensor, counts: Tensor, k: Tensor) -> Tensor | None:
@@ -362,11 +358,16 @@ def _top_by_threshold(scores: Tensor, batch: Tensor, counts: Tensor, k: Tensor) 
     table = table.view(num_samples, width)
     top = torch.topk(table, most, dim=1).values
     threshold = top.gather(1, (k - 1).clamp(min=0).unsqueeze(1)).masked_fill_((k == 0).unsqueeze(1), float("inf"))
+    return _first_k_of_rows(table, threshold, k.unsqueeze(1)).view(-1).index_select(0, cell)
+
+
+def _first_k_of_rows(table: Tensor, threshold: Tensor, k: Tensor | int) -> Tensor:
+    """``[B, n]`` bool: each row's cells above its ``threshold`` (``[B, 1]``, the row's ``k``-th largest),
+    and of the cells equal to it the first ones the row's ``k`` still needs (ties by position)."""
     above = table > threshold
     equal = table == threshold
-    still_needed = (k - above.sum(1)).unsqueeze(1)
-    kept = above | (equal & (equal.cumsum(1) <= still_needed))
-    return kept.view(-1).index_select(0, cell)
+    still_needed = k - above.sum(1, keepdim=True)
+    return above | (equal & (equal.cumsum(1) <= still_needed))
 
 
 def compact(keep: Tensor, batch: Tensor, num_samples: int, *, with_remap: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
