@@ -181,7 +181,7 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
             adapter = sparse.adapter(inputs)
             inference["sparse"] = lambda: sparse.sparse(inputs, keep=KEEP)
             inference["kept_model"] = lambda: adapter.call_model(sparse.model, reduced)
-            inference.update(mask_stages(sparse, inputs))
+            inference.update(mask_stages(sparse, adapter, inputs))
 
     def plain_step() -> None:
         plain.zero_grad(set_to_none=True)
@@ -221,8 +221,9 @@ def profile_case(case: SpeedCase, times: int, device: torch.device, repeats: int
 MASK_STAGES = ("units", "scorer", "top_k", "drop")
 
 
-def mask_stages(sparse: Any, inputs: Any) -> dict[str, Callable[[], Any]]:
-    """Each stage of ``sparse.sparse(inputs, keep=KEEP)`` before the model, as a call of its own.
+def mask_stages(sparse: Any, adapter: Any, inputs: Any) -> dict[str, Callable[[], Any]]:
+    """Each stage of ``sparse.sparse(inputs, keep=KEEP)`` before the model, as a call of its own
+    (``adapter``: ``sparse.adapter(inputs)``, which the caller has).
 
     ``units``: the input as units (features, batch vector, checks); ``scorer``: the mask's
     relevance of every unit; ``top_k``: each sample's top ``ceil(KEEP n_i)`` units; ``drop``:
@@ -234,7 +235,6 @@ def mask_stages(sparse: Any, inputs: Any) -> dict[str, Callable[[], Any]]:
     """
     if sparse.target_layer is not None:
         raise ValueError("mask stages are those of a mask at the input")
-    adapter = sparse.adapter(inputs)
     units = adapter.to_units(inputs, with_graph=False)
     relevance = sparse.mask.relevance(sparse.encode(units))
     kept = sparse._top_units(relevance, units, KEEP)

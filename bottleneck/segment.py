@@ -133,8 +133,14 @@ def equal_segments(batch: Tensor, num_samples: int) -> int | None:
     width = count // num_samples
     if num_samples == 1:  # the same test, every id 0, without building the ids
         return width if not bool(batch.any()) else None
+    return width if bool(_laid_out_in_rows(batch, num_samples, width)) else None
+
+
+def _laid_out_in_rows(batch: Tensor, num_samples: int, width: int) -> Tensor:
+    """0-d bool tensor, without a host sync: ``batch`` is ``[0]*width + ... + [B-1]*width``
+    (``batch`` holds ``num_samples * width`` ids)."""
     ids = torch.arange(num_samples, device=batch.device).unsqueeze(1)
-    return width if bool((batch.reshape(num_samples, width) == ids).all()) else None
+    return (batch.reshape(num_samples, width) == ids).all()
 
 
 class _EqualSegmentMax(torch.autograd.Function):
@@ -312,8 +318,7 @@ def _top_of_equal_samples(scores: Tensor, batch: Tensor, num_samples: int, keep:
             or count % num_samples:
         return None
     width = count // num_samples
-    ids = torch.arange(num_samples, device=batch.device).unsqueeze(1)
-    in_order, has_nan = torch.stack([(batch.reshape(num_samples, width) == ids).all(), scores.isnan().any()]).tolist()
+    in_order, has_nan = torch.stack([_laid_out_in_rows(batch, num_samples, width), scores.isnan().any()]).tolist()
     if not in_order or has_nan:
         return None
     k = min(max(math.ceil(width * keep - 1e-9), minimum), width)  # keep_counts' figure, in the same float64
