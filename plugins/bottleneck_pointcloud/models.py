@@ -19,7 +19,7 @@ from torch_geometric.utils import scatter
 
 from bottleneck.errors import BottleneckError, describe
 from bottleneck.neighbors import HAS_TORCH_CLUSTER, SampleLayout, knn_graph, knn_neighbours
-from bottleneck.segment import equal_segments
+from bottleneck.segment import broadcast, equal_segments
 
 __all__ = ["DGCNN", "NodeSplitEdgeConv", "PointNet", "TNet"]
 
@@ -133,7 +133,11 @@ class PointNet(nn.Module):
         pos, x, batch, b = _unpack(data, self.in_channels)
         if self.tnet is not None:
             transform = self.tnet(pos, batch, b)
-            pos = torch.bmm(pos.unsqueeze(1), transform[batch]).squeeze(1)
+            # each point's transform by ``index_select``, not ``transform[batch]``: the indexing's
+            # backward (``index_put_`` accumulating) adds with parallel atomics on a CPU with more
+            # than one thread, in whatever order the threads reach a shared sample, so training was
+            # not bit-reproducible (2 of 1,000 backward passes on one batch differed in the last bits)
+            pos = torch.bmm(pos.unsqueeze(1), broadcast(transform, batch)).squeeze(1)
         h = pos if x is None else torch.cat([pos, x], dim=-1)
         h = global_max_pool(self.point_mlp(h), batch, size=b)
         return self.classifier(h)
