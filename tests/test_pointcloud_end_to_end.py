@@ -43,7 +43,8 @@ def test_a_briefly_trained_joint_mask_keeps_its_budget_finds_the_part_and_drops_
 def test_joint_mask_keeps_accuracy_and_finds_the_part(tmp_path) -> None:
     report = run(tmp_path, progress=False)
     # the multiplier holds the *expected* keep rate at 0.3; the deterministic rate the
-    # model sees scatters around it (0.287 and 0.304 in two runs of the same settings)
+    # model sees scatters around it (0.276 against an expected 0.292 on an AMD EPYC, the same in
+    # two processes; 0.287 and 0.304 in earlier runs, before the training was bit-reproducible)
     assert report["keep_rate"] <= 0.31, report
     assert report["accuracy_masked"] >= report["accuracy_plain"] - 0.02, report
     assert report["gt_auroc"] >= 0.85, report
