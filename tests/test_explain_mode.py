@@ -168,3 +168,27 @@ def test_explain_mode_at_a_hidden_layer_of_points_and_text(modality: str) -> Non
     units = masked.adapter(inputs).to_units(inputs, with_graph=False)
     assert explanation.relevance.shape == (units.num_units,)
     assert torch.isfinite(explanation.relevance).all()
+
+
+def test_an_explain_mode_mask_trains_on_a_frozen_dgcnn() -> None:
+    """The frozen DGCNN runs its eval path (norm folded into the EdgeConvs, the neighbour max
+    gathered in cache-sized chunks); the mask's gradient must come back through it. On 32
+    clouds of 128-256 points the chunks are several, and the chunked max once wrote into one
+    preallocated output, which has no backward: this step raised torch's own ``out=`` error."""
+    from torch_geometric.data import Batch
+
+    from bottleneck_pointcloud.data import NUM_CLASSES, make_shapes
+    from bottleneck_pointcloud.models import DGCNN
+
+    clouds = make_shapes(32, seed=0, min_points=128, max_points=256)
+    batch = Batch.from_data_list(clouds)
+    torch.manual_seed(0)
+    model = DGCNN(NUM_CLASSES)
+    masked = bottleneck.attach(model, "pointcloud", mode="explain")
+    masked.train()
+    out = masked(batch)
+    out.ib_loss.backward()
+    assert all(p.grad is None for p in model.parameters())  # frozen
+    grads = [p.grad for p in masked.mask.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)

@@ -383,8 +383,9 @@ def test_node_split_edge_conv_built_under_inference_mode_runs_without_the_cache(
 
 @pytest.mark.parametrize("chunk_bytes", [1, 3 * 4 * 5 * 7, 2**30])
 def test_neighbour_max_in_chunks_equals_one_gather(monkeypatch, chunk_bytes: int) -> None:
-    """The row-chunked gather-and-max gives what one ``[N, k, H]`` gather gives: one row per
-    chunk, 7 rows per chunk (30 rows: a short last chunk), and everything in one piece."""
+    """The row-chunked gather-and-max gives what one ``[N, k, H]`` gather gives, values and
+    gradient: one row per chunk, 7 rows per chunk (30 rows: a short last chunk), and
+    everything in one piece."""
     from bottleneck_pointcloud import models
 
     monkeypatch.setattr(models, "_GATHER_CHUNK_BYTES", chunk_bytes)
@@ -393,6 +394,14 @@ def test_neighbour_max_in_chunks_equals_one_gather(monkeypatch, chunk_bytes: int
     neighbours = torch.randint(0, 40, (30, 3))
     expected = values[neighbours].amax(1)
     assert torch.equal(models._neighbour_max(values, neighbours), expected)
+    # with a gradient to carry back (an explain-mode mask upstream of the frozen model)
+    upstream = torch.randn(30, 5)
+    one_gather, chunked = values.clone().requires_grad_(), values.clone().requires_grad_()
+    one_gather[neighbours].amax(1).backward(upstream)
+    out = models._neighbour_max(chunked, neighbours)
+    assert torch.equal(out.detach(), expected)
+    out.backward(upstream)
+    torch.testing.assert_close(chunked.grad, one_gather.grad)  # a row in several chunks sums in another order
 
 
 def test_dgcnn_eval_equals_the_same_network_with_pyg_edge_conv() -> None:

@@ -408,17 +408,27 @@ def _neighbour_max(values: Tensor, neighbours: Tensor) -> Tensor:
     the max. Why: the dense forward's last EdgeConv (6k points, k=16, 128 channels: a
     49 MiB block) took 3.4 ms in one piece and 1.8 ms in 8 MiB chunks (2 CPU cores,
     32 MiB L3); blocks under the budget (the kept quarter's) are not split.
+
+    Where a gradient must flow back to ``values`` (an explain-mode mask on the frozen
+    model in eval mode, whose gates are upstream), the chunks' maxima are concatenated
+    instead of written into one output: ``out=`` has no backward.
     """
     num_rows, k = neighbours.shape
     width = values.shape[1]
     rows = max(1, _GATHER_CHUNK_BYTES // max(1, k * width * values.element_size()))
+
+    def chunk_max(part: Tensor, out: Tensor | None = None) -> Tensor:
+        gathered = values.index_select(0, part.reshape(-1)).view(part.shape[0], k, width)
+        return gathered.amax(1) if out is None else torch.amax(gathered, dim=1, out=out)
+
     if rows >= num_rows:
-        return values.index_select(0, neighbours.reshape(-1)).view(num_rows, k, width).amax(1)
+        return chunk_max(neighbours)
+    starts = range(0, num_rows, rows)
+    if values.requires_grad and torch.is_grad_enabled():
+        return torch.cat([chunk_max(neighbours[start:start + rows]) for start in starts])
     out = values.new_empty(num_rows, width)
-    for start in range(0, num_rows, rows):
-        part = neighbours[start:start + rows]
-        torch.amax(values.index_select(0, part.reshape(-1)).view(part.shape[0], k, width), dim=1,
-                   out=out[start:start + rows])
+    for start in starts:
+        chunk_max(neighbours[start:start + rows], out[start:start + rows])
     return out
 
 
