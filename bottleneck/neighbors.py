@@ -89,7 +89,10 @@ def _checked_points(value: Any, name: str) -> tuple[Tensor, float]:
     """:func:`_check_points`, with the largest coordinate magnitude it had to compute anyway.
 
     The blocked search needs that bound (see :func:`_may_overflow`); taking it here
-    spares a second pass over the points and a second host sync.
+    spares a second pass over the points and a second host sync. The points come back
+    detached: a search returns indices, which carry no gradient, and its distance
+    kernels write into preallocated buffers (``out=``), which autograd refuses for
+    points that require grad (features of a model being trained, say).
     """
     if not isinstance(value, Tensor):
         raise BottleneckError(
@@ -107,6 +110,7 @@ def _checked_points(value: Any, name: str) -> tuple[Tensor, float]:
         raise BottleneckError(
             f"{name} must have at least one coordinate column; got {describe(value)}"
         )
+    value = value.detach()
     if value.numel() == 0:
         return value, 0.0
     low, high = torch.stack(torch.aminmax(value)).tolist()  # NaN and Inf carry through: one pass, one sync

@@ -786,3 +786,21 @@ def test_serial_knn_graph_errors():
     with pytest.raises(BottleneckError, match="finite"):
         nb.serial_knn_graph(torch.tensor([[0.0, float("nan"), 1.0]]), 4)
     assert nb.serial_knn_graph(torch.empty(0, 3), 4).shape == (2, 0)
+
+
+@pytest.mark.parametrize("path", ["blocked", "chunked"])
+def test_points_that_require_grad_are_searched_as_they_are(path: str, monkeypatch) -> None:
+    """Features of a model in training (``requires_grad``) give the graph of their values: the
+    distance kernels write into preallocated buffers, which autograd refuses, so the search
+    works on the points detached (its indices carry no gradient). ``knn_graph`` on such points
+    raised torch's own ``out=`` error on the chunked path."""
+    if path == "chunked":
+        monkeypatch.setattr(nb, "_blocked_fits", lambda *args: False)
+    torch.manual_seed(0)
+    pos = torch.randn(300, 3)
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([100, 120, 80]))
+    tracked = pos.clone().requires_grad_()
+    for search in (lambda p: knn_graph(p, 8, batch), lambda p: knn_neighbours(p, 8, batch),
+                   lambda p: knn(p, p, 4, batch, batch), lambda p: fps(p, batch, ratio=0.5, random_start=False)):
+        assert torch.equal(search(tracked), search(pos))
+    assert tracked.grad is None
