@@ -26,6 +26,7 @@ from torch import Tensor
 
 from bottleneck import attach
 from bottleneck.speed import SpeedCase
+from bottleneck.timing import use_threads
 from bottleneck.train import _to, call_model
 from bottleneck.wrap import _logits_of
 from bottleneck_image.speed import prepare_speed as image_cases
@@ -50,13 +51,17 @@ def cases() -> dict[str, SpeedCase]:
 
 @contextmanager
 def _threads(count: int) -> Iterator[None]:
-    """At least ``count`` intra-op threads: with one, no kernel runs in parallel and no order can move."""
+    """At least ``count`` intra-op threads: with one, no kernel runs in parallel and no order can move.
+
+    Through :func:`~bottleneck.timing.use_threads`, which leaves the pool alone when it has the
+    count already (setting the same count slowed later calls in the process).
+    """
     before = torch.get_num_threads()
-    torch.set_num_threads(max(count, before))
+    use_threads(max(count, before))
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        use_threads(before)
 
 
 @contextmanager
