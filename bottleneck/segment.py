@@ -277,9 +277,15 @@ def _padded_table(scores: Tensor, batch: Tensor, ptr: Tensor, num_samples: int, 
     return table, position
 
 
+#: Taken off ``keep * n`` before rounding up, so that a product a float64 rounding puts just
+#: above a whole number (``0.7 * 10`` is 7.000000000000001) keeps that number of units. :func:`keep_counts` and the
+#: equal-samples top-k both use it, so the two count alike.
+_CEIL_SLACK = 1e-9
+
+
 def keep_counts(counts: Tensor, keep: float, minimum: int = 1) -> Tensor:
     """Units to keep per sample: ``ceil(keep * n_i)``, at least ``minimum`` (at most ``n_i``)."""
-    k = torch.ceil(counts.to(torch.float64) * keep - 1e-9).long()
+    k = torch.ceil(counts.to(torch.float64) * keep - _CEIL_SLACK).long()
     return torch.minimum(k.clamp(min=minimum), counts)
 
 
@@ -323,7 +329,7 @@ def _top_of_equal_samples(scores: Tensor, batch: Tensor, num_samples: int, keep:
     in_order, has_nan = torch.stack([_laid_out_in_rows(batch, num_samples, width), scores.isnan().any()]).tolist()
     if not in_order or has_nan:
         return None
-    k = min(max(math.ceil(width * keep - 1e-9), minimum), width)  # keep_counts' figure, in the same float64
+    k = min(max(math.ceil(width * keep - _CEIL_SLACK), minimum), width)  # keep_counts' figure, in the same float64
     if k <= 0:
         return torch.zeros(count, dtype=torch.bool, device=scores.device)
     table = scores.view(num_samples, width)
