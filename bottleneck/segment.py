@@ -278,7 +278,7 @@ def _padded_table(scores: Tensor, batch: Tensor, ptr: Tensor, num_samples: int, 
 
 
 #: Taken off ``keep * n`` before rounding up, so that a product a float64 rounding puts just
-#: above a whole number (``0.7 * 10`` is 7.000000000000001) keeps that number of units. :func:`keep_counts` and the
+#: above a whole number (``0.07 * 100`` is 7.000000000000001) keeps that number of units. :func:`keep_counts` and the
 #: equal-samples top-k both use it, so the two count alike.
 _CEIL_SLACK = 1e-9
 
