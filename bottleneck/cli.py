@@ -86,10 +86,10 @@ def partial_report_path(json_path: str) -> Path:
 def _bench_speed(args: argparse.Namespace) -> int:
     from .speed import Timing, markdown, run_speed
 
-    if args.repeats < 2:
-        raise BottleneckError(f"--repeats must be >= 2 (got {args.repeats})")
-    if args.sparse_processes < 1:
-        raise BottleneckError(f"--sparse-processes must be >= 1 (got {args.sparse_processes})")
+    for name, least in Timing.LEAST.items():
+        if getattr(args, name) < least:
+            option = "--" + name.replace("_", "-")
+            raise BottleneckError(f"{option} must be >= {least} (got {getattr(args, name)})")
     modalities = args.modality or sorted(name for name, item in demos().items() if item.speed is not None)
     cases = [case for modality in modalities
              for case in _provider(modality, "speed")(quick=args.quick, seed=args.seed)]

@@ -65,6 +65,7 @@ class EquivariantScorer(nn.Module):
     def forward(self, x: Tensor, batch: Tensor, num_samples: int, *, width: int | None | EllipsisType = ...) -> Tensor:
         """``[N, out_features]`` logits; ``width`` is :func:`~bottleneck.segment.equal_segments` of
         ``batch`` when the caller has it (``...``: the pooling checks)."""
+        self.check_features(x)
         h = self.encode(x) if torch.is_grad_enabled() else self._encode_inference(x)
         if not self.context:
             return self.head(h)
@@ -72,6 +73,46 @@ class EquivariantScorer(nn.Module):
         if not torch.is_grad_enabled():
             return self._head_with_projected_context(h, context, batch)
         return self.head(torch.cat([h, broadcast(context, batch)], dim=-1))
+
+    def check_dtype(self, x: Tensor) -> None:
+        """Raise a :class:`BottleneckError` when ``x``'s dtype cannot meet the scorer's weights.
+
+        Autocast lets lower-precision floats through (it casts the linear layers' operands);
+        float64 it never casts, and outside autocast the dtypes must match. Without this
+        check a float64 input (a point cloud from NumPy) fails deep in torch's ``linear``.
+        """
+        self._check_dtype(x, self.encode[0].weight.dtype)
+
+    @staticmethod
+    def _check_dtype(x: Tensor, expected: torch.dtype) -> None:
+        if x.dtype == expected:
+            return
+        if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+            return
+        raise BottleneckError(
+            f"the mask's weights are {expected} but the inputs give unit features of {x.dtype}: cast the "
+            f"inputs to {expected}, or the masked model to the inputs' dtype (masked.to({x.dtype}))"
+        )
+
+    def check_features(self, x: Tensor) -> None:
+        """Raise a :class:`BottleneckError` unless ``x`` is ``[N, F]`` with the scorer's ``F`` and dtype.
+
+        ``F`` is fixed by the first call when the scorer infers it: units of another kind or
+        size (images whose automatic patch size differs, a hidden layer of another width)
+        would otherwise fail in torch's matrix product with no word of why.
+        """
+        if x.dim() != 2:
+            raise BottleneckError(f"the mask's scorer takes unit features [N, F] (got shape {tuple(x.shape)})")
+        first = self.encode[0]
+        self._check_dtype(x, first.weight.dtype)
+        expected = first.in_features  # 0 until a lazy first layer has seen its first input
+        if expected and x.shape[1] != expected:
+            raise BottleneckError(
+                f"the mask's scorer takes {expected} features per unit (fixed by the inputs it was built on) "
+                f"but these inputs give {x.shape[1]}: units of another kind or size than the mask was built "
+                f"for (for images with the automatic patch size, a different image size gives different "
+                f"patches: attach with patch_size=N to keep them the same)"
+            )
 
     def _head_with_projected_context(self, h: Tensor, context: Tensor, batch: Tensor) -> Tensor:
         """``head(cat([h, context[batch]]))`` with the context's share of the first layer per sample.

@@ -26,7 +26,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +159,16 @@ class Timing:
     #: processes timing the same two trained DGCNNs gave x4.36-x5.16 at keep 0.25 (dense
     #: 43-47 ms, sparse 8.5-10.8 ms), so one process is one draw.
     sparse_processes: int = 3
+
+    #: The least value of each field: a median of one round has no spread to report (``repeats``);
+    #: no warm-up is allowed, a negative one is a typo; the speed-ups need one process to time in.
+    LEAST: ClassVar[dict[str, int]] = {"repeats": 2, "warmup": 0, "sparse_processes": 1}
+
+    def __post_init__(self) -> None:
+        for name, least in self.LEAST.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise BottleneckError(f"Timing.{name} must be an int >= {least} (got {value!r})")
 
 
 def _ms(times: list[float]) -> float:

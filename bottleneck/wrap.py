@@ -196,7 +196,12 @@ class MaskedModel(nn.Module):
         return adapter
 
     def encode(self, units: Units) -> Units:
-        """``units`` with the scorer features the adapter's encoder computes (if it has one)."""
+        """``units`` with the scorer features the adapter's encoder computes (if it has one).
+
+        The units' dtype is checked first, so a mismatch is reported as such, not from
+        inside the encoder's convolutions.
+        """
+        self.mask.scorer.check_dtype(units.x)
         if self.unit_encoder is None:
             return units
         return units.with_(x=self.unit_encoder(units))

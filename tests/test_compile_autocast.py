@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from bottleneck.errors import BottleneckError
 from bottleneck.layer import MaskLayer
 from bottleneck.units import Units
 
@@ -34,6 +36,22 @@ def test_bf16_autocast_gives_finite_gates_and_gradients(device) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             half = layer(units).gates.float()
     assert ((full > 0) == (half > 0)).float().mean() > 0.95
+
+
+def test_autocast_lets_lower_precision_units_through_but_never_float64(device) -> None:
+    """Under autocast a hidden layer's bf16 features meet the float32 scorer (autocast casts the
+    linear layers' operands); float64 it does not cast, and outside autocast dtypes must match:
+    both are refused with the library's error, not torch's."""
+    layer = MaskLayer("hard_concrete", keep=0.3, in_features=3, smooth_weight=0.0).to(device)
+    units = ragged_units([40, 7], device=device.type)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        assert torch.isfinite(layer(units.with_(x=units.x.bfloat16())).loss)
+        with pytest.raises(BottleneckError, match="torch.float32 but the inputs give unit features of torch.float64"):
+            layer(units.with_(x=units.x.double()))
+    with pytest.raises(BottleneckError, match="torch.float32 but the inputs give unit features of torch.bfloat16"):
+        layer(units.with_(x=units.x.bfloat16()))
+    with pytest.raises(BottleneckError, match=r"takes 3 features per unit .* these inputs give 4"):
+        layer(units.with_(x=torch.cat([units.x, units.x[:, :1]], 1)))
 
 
 def test_torch_compile_matches_eager_and_trains_on_ragged_batches() -> None:

@@ -95,6 +95,19 @@ def test_bad_images_raise_the_library_error(bad: torch.Tensor, message: str) -> 
         masked(bad)
 
 
+def test_a_mask_refuses_units_of_another_size_than_it_was_built_on() -> None:
+    """The automatic patch size follows the image size (4 on 32x32, 2 on 16x16), and with it the
+    units' features: a mask built on one cannot score the other, and says why. With a fixed
+    patch size the same mask serves both sizes (the CNN pools globally)."""
+    masked = bottleneck.attach(tiny_cnn(), "image")
+    masked(images(size=32))
+    with pytest.raises(BottleneckError, match=r"takes \d+ features per unit .* these inputs give \d+.*patch_size"):
+        masked.sparse(images(size=16), keep=0.25)
+    fixed = bottleneck.attach(tiny_cnn(), "image", patch_size=4)
+    fixed(images(size=32))
+    assert fixed.sparse(images(size=16), keep=0.25).kept_counts.tolist() == [4, 4, 4]
+
+
 def test_nan_pixels_are_refused() -> None:
     x = images()
     x[1, 0, 3, 3] = float("nan")

@@ -216,6 +216,20 @@ def test_one_point_batches(masked) -> None:
         masked(single)
 
 
+def test_float64_clouds_are_refused_unless_the_model_is_float64_too() -> None:
+    """Coordinates from NumPy are float64: the mask says so instead of failing in torch's linear."""
+    masked = bottleneck.attach(CountingNet(), "pointcloud")
+    cloud = clouds()
+    cloud.pos = cloud.pos.double()
+    message = r"mask's weights are torch.float32 but the inputs give unit features of torch.float64"
+    for call in (masked, masked.explain, lambda c: masked.sparse(c, keep=0.25)):
+        with pytest.raises(BottleneckError, match=message):
+            call(cloud)
+    masked.double()
+    assert masked(cloud).output.dtype == torch.float64
+    assert masked.sparse(cloud, keep=0.25).kept_counts.tolist() == [10, 7, 15]
+
+
 def test_nan_coordinates(masked) -> None:
     pos = torch.randn(10, 3)
     pos[3, 1] = float("nan")

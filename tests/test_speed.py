@@ -370,6 +370,17 @@ def test_cli_keeps_what_a_stopped_run_measured(tmp_path, capsys, monkeypatch) ->
     assert f"what it measured so far is in {tmp_path / 'speed.partial.json'}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"repeats": 1}, r"Timing.repeats must be an int >= 2 \(got 1\)"),
+    ({"warmup": -1}, r"Timing.warmup must be an int >= 0 \(got -1\)"),
+    ({"sparse_processes": 0}, r"Timing.sparse_processes must be an int >= 1 \(got 0\)"),
+    ({"repeats": 3.0}, r"Timing.repeats must be an int >= 2 \(got 3.0\)"),
+])
+def test_timing_refuses_settings_it_cannot_time_with(options, message) -> None:
+    with pytest.raises(BottleneckError, match=message):
+        Timing(**options)
+
+
 def test_cli_errors(tmp_path, capsys) -> None:
     args = ["bench", "speed", "--json", str(tmp_path / "x.json"), "--no-scaling", "--quick"]
     assert main([*args, "--modality", "text", "--models", "ResNet50"]) == 2
@@ -380,6 +391,8 @@ def test_cli_errors(tmp_path, capsys) -> None:
     assert "--repeats must be >= 2" in capsys.readouterr().err
     assert main([*args, "--sparse-processes", "0"]) == 2
     assert "--sparse-processes must be >= 1 (got 0)" in capsys.readouterr().err
+    assert main([*args, "--warmup", "-1"]) == 2
+    assert "--warmup must be >= 0 (got -1)" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main([*args, "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
