@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, safe_open, save_file
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from .errors import BottleneckError
 from .wrap import MaskedModel
@@ -32,6 +33,12 @@ def save_mask(
     """
     if masked.modality_name is None:
         raise BottleneckError("call the masked model on inputs once before saving (its modality is unknown)")
+    lazy = [name for name, parameter in masked.named_parameters() if is_lazy(parameter)]
+    if lazy:
+        raise BottleneckError(
+            f"call the masked model on inputs once before saving: {len(lazy)} of its weights take their shape "
+            f"from the first inputs and have none yet ({', '.join(lazy[:3])})"
+        )
     tensors = {_MASK + k: v.detach().contiguous().cpu() for k, v in masked.mask.state_dict().items()}
     for prefix, attribute in _OWNED.items():
         module = getattr(masked, attribute)
@@ -51,8 +58,13 @@ def save_mask(
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The configuration stored in a saved mask file."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    if not Path(path).is_file():
+        raise BottleneckError(f"no mask file at {path}" + (" (a folder)" if Path(path).is_dir() else ""))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own SafetensorError, not an OSError
+        raise BottleneckError(f"{path} is not a bottleneck mask file (not safetensors: {error})") from error
     if metadata.get("format") != FORMAT:
         raise BottleneckError(f"{path} is not a bottleneck mask file (format {metadata.get('format')!r})")
     return json.loads(metadata["config"])
@@ -65,7 +77,7 @@ def load_mask(masked: MaskedModel, path: str | Path, *, load_model: bool = True)
         raise BottleneckError(f"{path} holds a {config['gate']!r} mask; this model has a {masked.gate_name!r} one")
     tensors = load_file(str(path), device=str(masked.mask.constraint.multiplier.device))
     mask_state = {k[len(_MASK):]: v for k, v in tensors.items() if k.startswith(_MASK)}
-    masked.mask.load_state_dict(mask_state)
+    _load_state(masked.mask, mask_state, "the mask", path)
     if masked.modality_name is None:  # adopt the saved modality, options and baseline
         masked.modality_name, masked.baseline = config["modality"], config["baseline"]
         masked.modality_options = dict(config.get("modality_options", {}))
@@ -76,11 +88,34 @@ def load_mask(masked: MaskedModel, path: str | Path, *, load_model: bool = True)
             module = getattr(masked, attribute)
             if module is None:
                 raise BottleneckError(f"{path} holds {attribute} weights but this masked model has no {attribute}")
-            module.load_state_dict(state)
+            _load_state(module, state, f"the masked model's {attribute}", path)
     model_state = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     if load_model and model_state:
-        masked.model.load_state_dict(model_state)
+        _load_state(masked.model, model_state, f"the {type(masked.model).__name__} given", path,
+                    hint="load it with the model it was saved with, or load_mask(..., load_model=False) to keep "
+                         "the model's own weights")
     return masked
+
+
+def _load_state(module: nn.Module, state: dict[str, Tensor], what: str, path: str | Path, *, hint: str = "") -> None:
+    """``module.load_state_dict(state)``; a file that does not fit says what differs.
+
+    torch's own error lists every missing key (hundreds for a transformer) and is raised
+    from deep in ``nn.Module``; this one counts them, names the first few and says what to do.
+    """
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        own = module.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        resized = [f"{key} {tuple(state[key].shape)} in the file, {tuple(own[key].shape)} here"
+                   for key in sorted(set(own) & set(state))
+                   if not is_lazy(own[key]) and own[key].shape != state[key].shape]
+        parts = [f"{len(found)} {label} (first: {', '.join(found[:3])})" for found, label in (
+            (missing, "of its entries are not in the file"), (unexpected, "entries of the file name nothing in it"),
+            (resized, "entries have another shape")) if found]
+        raise BottleneckError(f"{path} does not fit {what}: {'; '.join(parts) or error}"
+                              + (f"; {hint}" if hint else "")) from error
 
 
 def load(path: str | Path, model: nn.Module) -> MaskedModel:

@@ -167,6 +167,43 @@ def test_loading_a_non_mask_file_is_refused(tmp_path) -> None:
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(BottleneckError, match="not a bottleneck mask file"):
         bottleneck.load(tmp_path / "other.safetensors", CountingNet())
+    (tmp_path / "text.safetensors").write_text("not tensors")
+    with pytest.raises(BottleneckError, match="not a bottleneck mask file \\(not safetensors"):
+        bottleneck.load(tmp_path / "text.safetensors", CountingNet())
+    with pytest.raises(BottleneckError, match="no mask file at .*missing.safetensors"):
+        bottleneck.load(tmp_path / "missing.safetensors", CountingNet())
+    with pytest.raises(BottleneckError, match="no mask file at .* \\(a folder\\)"):
+        bottleneck.load(tmp_path, CountingNet())
+
+
+def test_saving_a_mask_that_has_seen_no_input_is_refused(tmp_path) -> None:
+    """The scorer takes its input width from the first inputs: before them it has no weights to save."""
+    masked = bottleneck.attach(CountingNet(), "pointcloud")
+    with pytest.raises(BottleneckError, match="call the masked model on inputs once before saving: .*scorer"):
+        bottleneck.save_mask(masked, tmp_path / "mask.safetensors")
+    assert not (tmp_path / "mask.safetensors").exists()
+
+
+def test_a_file_that_does_not_fit_says_what_differs(tmp_path) -> None:
+    masked = bottleneck.attach(CountingNet(), "pointcloud")
+    masked(clouds())
+    path = bottleneck.save_mask(masked, tmp_path / "mask.safetensors", include_model=True)
+    other = nn.Sequential(nn.Linear(3, 8))  # another model: its weights are not the file's
+    with pytest.raises(BottleneckError, match=r"does not fit the Sequential given: 2 of its entries are not in "
+                                              r"the file \(first: 0.bias, 0.weight\); 6 entries of the file .*"
+                                              r"load_model=False"):
+        bottleneck.load(path, other)
+    wider = bottleneck.attach(CountingNet(), "pointcloud", hidden=32)
+    wider(clouds())
+    with pytest.raises(BottleneckError, match=r"does not fit the mask: \d+ entries have another shape \(first: "
+                                              r"scorer.encode.0.bias \(64,\) in the file, \(32,\) here"):
+        bottleneck.load_mask(wider, path)
+    kept = bottleneck.attach(CountingNet(), "pointcloud")
+    kept(clouds())
+    own = {k: v.clone() for k, v in kept.model.state_dict().items()}
+    bottleneck.load_mask(kept, path, load_model=False)  # the mask alone, the model keeps its weights
+    assert all(torch.equal(own[k], v) for k, v in kept.model.state_dict().items())
+    assert torch.equal(kept.explain(clouds()).relevance, masked.explain(clouds()).relevance)
 
 
 # -- bad input --------------------------------------------------------------------
