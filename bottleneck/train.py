@@ -109,6 +109,8 @@ def fit(
     """
     if epochs < 1:
         raise BottleneckError(f"epochs must be >= 1 (got {epochs})")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise BottleneckError(f"lr must be a finite number >= 0 (got {lr!r})")
     if mask_lr is not None and not mask_lr > 0:
         raise BottleneckError(f"mask_lr must be > 0 (got {mask_lr!r})")
     if max_grad_norm is not None and not max_grad_norm > 0:
@@ -142,12 +144,12 @@ def fit(
             if isinstance(result, MaskedOutput):
                 loss = result.ib_loss
                 if masked is None or masked.mode == "joint":
-                    task = loss_fn(_logits_of(result.output), _target(targets))
+                    task = _task_loss(loss_fn, _logits_of(result.output), _target(targets))
                     loss = loss + task
                     logged["task"] = task.detach()
                 logged.update(result.terms)
             else:
-                task = loss_fn(_logits_of(result), _target(targets))
+                task = _task_loss(loss_fn, _logits_of(result), _target(targets))
                 loss = task
                 logged["task"] = task.detach()
             if penalty is not None:
@@ -175,7 +177,12 @@ def fit(
             for key, value in logged.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             bar.set_postfix({k: f"{sums[k] / count:.3g}" for k in ("loss", "task", "penalty", "keep_rate", "multiplier", "faithfulness", "kl_multiplier") if k in sums})
-        means = {k: v / max(count, 1) for k, v in sums.items()}
+        if count == 0:
+            raise BottleneckError(
+                f"data gave no batches in epoch {epoch + 1}: fit needs a loader it can iterate once per epoch "
+                f"(a list or DataLoader; a generator is used up after the first epoch)"
+            )
+        means = {k: v / count for k, v in sums.items()}
         history.epochs.append(means)
         if progress:
             tqdm.write(f"{description} epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
@@ -251,6 +258,41 @@ def _check_faithful(masked: MaskedModel, history: History) -> None:
     )
 
 
+def _task_loss(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, targets: Tensor) -> Tensor:
+    """``loss_fn(logits, targets)``; for the default cross-entropy, targets it cannot take are refused first.
+
+    torch's cross-entropy reports a wrong batch size, float class ids or an id out of range
+    from deep in ``nll_loss`` (an out-of-range id on CUDA as a device-side assert that
+    poisons the process); a custom ``loss_fn`` decides its own targets.
+    """
+    if loss_fn is F.cross_entropy:
+        _check_class_targets(logits, targets)
+    return loss_fn(logits, targets)
+
+
+def _check_class_targets(logits: Tensor, targets: Tensor) -> None:
+    """Targets cross-entropy takes: one class id in ``[0, C)`` per sample, or ``[B, C]`` class probabilities."""
+    if logits.dim() != 2:
+        return  # per-token or per-pixel logits: cross-entropy's own shape rules apply
+    samples, classes = logits.shape
+    if targets.is_floating_point():
+        if targets.shape != logits.shape:
+            raise BottleneckError(
+                f"targets must be {samples} integer class ids or [{samples}, {classes}] class probabilities "
+                f"(got {describe(targets)}); integer labels stored as floats: targets.long()"
+            )
+        return
+    if targets.dtype == torch.bool or targets.is_complex():
+        raise BottleneckError(f"targets must be integer class ids (got {describe(targets)})")
+    if targets.shape != (samples,):
+        raise BottleneckError(f"the model gave logits for {samples} samples but the batch has targets of shape "
+                              f"{tuple(targets.shape)}; expected one class id per sample")
+    low, high = (int(v) for v in torch.aminmax(targets))
+    if low < 0 or high >= classes:
+        raise BottleneckError(f"targets hold class ids {low}..{high} but the model gives {classes} logits per "
+                              f"sample (ids 0..{classes - 1})")
+
+
 def _target(targets: Tensor | None) -> Tensor:
     if targets is None:
         raise BottleneckError("joint training needs targets: batches as (inputs, targets) or with .y")
@@ -306,7 +348,9 @@ def evaluate(
                 )
             correct += int((logits.argmax(-1) == targets).sum())
             total += int(targets.shape[0])
-    result = {"accuracy": correct / max(total, 1)}
+    if total == 0:
+        raise BottleneckError("data gave no batches to evaluate: an accuracy of nothing is not 0")
+    result = {"accuracy": correct / total}
     if kept_fraction:
         result["keep_rate"] = float(torch.cat(kept_fraction).float().mean())
     if expected:

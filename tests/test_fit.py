@@ -116,3 +116,54 @@ def test_evaluate_refuses_non_finite_logits() -> None:
         model.classifier.lins[-1].bias[3] = float("nan")
     with pytest.raises(BottleneckError, match=r"non-finite logits \(NaN or Inf\) for 8 of 8 samples"):
         evaluate(model, loader)
+
+
+def _cnn_batch():
+    from bottleneck_image.models import SmallResNet
+
+    torch.manual_seed(0)
+    return attach(SmallResNet(4, width=8), "image"), torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1])
+
+
+@pytest.mark.parametrize(("targets", "message"), [
+    (torch.tensor([0, 1]), r"logits for 6 samples but the batch has targets of shape \(2,\)"),
+    (torch.tensor([0.0, 1, 2, 3, 0, 1]), r"6 integer class ids or \[6, 4\] class probabilities .*targets.long\(\)"),
+    (torch.tensor([0, 1, 2, 3, 4, 9]), r"class ids 0..9 but the model gives 4 logits per sample \(ids 0..3\)"),
+    (torch.tensor([0, -1, 2, 3, 0, 1]), r"class ids -1..3"),
+    (torch.ones(6, dtype=torch.bool), "integer class ids"),
+])
+def test_fit_refuses_targets_cross_entropy_cannot_take(targets, message) -> None:
+    masked, images, _ = _cnn_batch()
+    with pytest.raises(BottleneckError, match=message):
+        fit(masked, [(images, targets)], epochs=1, progress=False)
+
+
+def test_fit_takes_class_probabilities_and_a_custom_loss_its_own_targets() -> None:
+    masked, images, labels = _cnn_batch()
+    soft = torch.nn.functional.one_hot(labels, 4).float()
+    assert fit(masked, [(images, soft)], epochs=1, progress=False).last()["task"] > 0
+    squared = lambda logits, targets: (logits - targets).square().mean()  # noqa: E731 - a loss of another kind
+    assert fit(masked, [(images, soft)], epochs=1, progress=False, loss_fn=squared).last()["task"] > 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1e-3, "0.1", True])
+def test_fit_refuses_a_learning_rate_it_cannot_use(bad) -> None:
+    masked, images, labels = _cnn_batch()
+    with pytest.raises(BottleneckError, match="lr must be a finite number >= 0"):
+        fit(masked, [(images, labels)], epochs=1, lr=bad, progress=False)
+
+
+def test_no_batches_is_an_error_not_an_empty_history_or_a_zero_accuracy() -> None:
+    """An empty loader, or a generator used up by the first epoch, trained nothing: fit says so,
+    and evaluate does not report an accuracy of 0 for no data."""
+    from bottleneck.train import evaluate
+
+    masked, images, labels = _cnn_batch()
+    with pytest.raises(BottleneckError, match="data gave no batches in epoch 1"):
+        fit(masked, [], epochs=1, progress=False)
+    once = ((images, labels) for _ in range(1))
+    with pytest.raises(BottleneckError, match="no batches in epoch 2: .*a generator is used up"):
+        fit(masked, once, epochs=2, progress=False)
+    with pytest.raises(BottleneckError, match="no batches to evaluate"):
+        evaluate(masked, [])
+    assert 0.0 <= evaluate(masked, [(images, labels)])["accuracy"] <= 1.0
