@@ -26,6 +26,8 @@ from .train import _to
 
 def explain_saved(mask_path: Path, out_dir: Path, *, device: str = "cpu", batches: int = 1) -> dict[str, Any]:
     """Explain the saved mask's testbed data; write renders and ``report.json``; return the report."""
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+        raise BottleneckError(f"batches to render must be an int >= 0 (got {batches!r}; 0 scores without rendering)")
     config = read_config(mask_path)  # refuses a missing or foreign file
     extra = config.get("extra") or {}
     name = extra.get("testbed")

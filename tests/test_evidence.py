@@ -89,6 +89,9 @@ def test_explain_refuses_a_mask_without_a_testbed(tmp_path, capsys) -> None:
     assert main(["explain", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "does not say which testbed built its model" in capsys.readouterr().err
     assert main(["explain", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "o")]) == 2
+    assert "no mask file at" in capsys.readouterr().err
+    assert main(["explain", str(path), "--out", str(tmp_path / "o"), "--batches", "-1"]) == 2
+    assert "batches to render must be an int >= 0 (got -1" in capsys.readouterr().err
 
 
 def test_testbed_truth_must_match_the_units() -> None:
