@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import BottleneckError
 
@@ -27,6 +27,7 @@ REPORT_KEYS: tuple[str, ...] = (
     "gt_auroc",
     "seconds",
 )
+Default = TypeVar("Default")
 FRACTION_KEYS = ("accuracy_plain", "accuracy_masked", "accuracy_sparse", "keep_rate", "gt_auroc")
 
 
@@ -53,6 +54,19 @@ class Demo:
     audit: Callable[..., Any] | None = None
     #: ``prepare_speed(quick=..., seed=...) -> list[SpeedCase]`` for ``bottleneck bench speed`` (optional).
     speed: Callable[..., Any] | None = None
+
+
+def count_or_default(value: int | None, default: Default, name: str) -> int | Default:
+    """``value`` when given (an int >= 1), else ``default`` (which may be ``None``: "all").
+
+    ``value or default`` turned ``--epochs 0`` into the default run, silently; 0 and
+    negative counts are refused instead, naming the option.
+    """
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BottleneckError(f"--{name.replace('_', '-')} must be an int >= 1 (got {value!r})")
+    return value
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:

@@ -41,6 +41,16 @@ def test_demo_writes_the_shared_report(tmp_path: Path, capsys) -> None:
     assert '"accuracy_sparse"' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["pointcloud", "image", "text"])
+@pytest.mark.parametrize(("option", "value"), [("--epochs", "0"), ("--train-size", "0"), ("--epochs", "-2")])
+def test_demo_refuses_a_count_below_one_before_any_work(tmp_path: Path, capsys, name: str, option: str,
+                                                         value: str) -> None:
+    """``--epochs 0`` ran the default number of epochs (``epochs or default``), silently."""
+    assert main(["demo", name, "--out", str(tmp_path / "out"), "--quick", option, value]) == 2
+    assert f"{option} must be an int >= 1 (got {value})" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_unknown_name_is_an_argparse_error() -> None:
     with pytest.raises(SystemExit):
         main(["demo", "pointclouds", "--out", "x"])

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import bottleneck
-from bottleneck.demo import Demo, write_report
+from bottleneck.demo import Demo, count_or_default, write_report
 from bottleneck.errors import BottleneckError
 from bottleneck.metrics import mean_auroc
 
@@ -137,8 +137,8 @@ def run(
     torch.manual_seed(seed)
     dev = torch.device(device)
     settings = SETTINGS.get((model, data), {})
-    epochs = epochs or (2 if quick else settings.get("epochs", 10))
-    train_size = train_size or (500 if quick else settings.get("train_size"))
+    epochs = count_or_default(epochs, 2 if quick else settings.get("epochs", 10), "epochs")
+    train_size = count_or_default(train_size, 500 if quick else settings.get("train_size"), "train_size")
     lr = settings.get("lr", 3e-3)
     train_set, test_set = load_data(data, train_size, 200 if quick else 1000, seed)
     if quick and data == "digits":

@@ -19,7 +19,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 import bottleneck
-from bottleneck.demo import Demo, write_report
+from bottleneck.demo import Demo, count_or_default, write_report
 from bottleneck.metrics import mean_auroc
 
 from .data import NUM_CLASSES, make_shapes
@@ -82,8 +82,8 @@ def run(
     started = time.perf_counter()
     torch.manual_seed(seed)
     dev = torch.device(device)
-    train_size = train_size or (300 if quick else 1500)
-    epochs = epochs or (4 if quick else FULL_EPOCHS)
+    train_size = count_or_default(train_size, 300 if quick else 1500, "train_size")
+    epochs = count_or_default(epochs, 4 if quick else FULL_EPOCHS, "epochs")
     gate_names = [g.strip() for g in gates.split(",") if g.strip()] or ["hard_concrete"]
     train_set = make_shapes(train_size, seed=seed, **SHAPES)
     test_set = make_shapes(100 if quick else 500, seed=seed + 1, **SHAPES)

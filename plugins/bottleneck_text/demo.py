@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import bottleneck
-from bottleneck.demo import Demo, write_report
+from bottleneck.demo import Demo, count_or_default, write_report
 from bottleneck.errors import BottleneckError
 from bottleneck.metrics import mean_auroc
 
@@ -88,8 +88,8 @@ def run(
     torch.manual_seed(seed)
     dev = torch.device(device)
     settings = SETTINGS[model]
-    epochs = epochs or (2 if quick else settings["epochs"])
-    train_size = train_size or (400 if quick else 2000)
+    epochs = count_or_default(epochs, 2 if quick else settings["epochs"], "epochs")
+    train_size = count_or_default(train_size, 400 if quick else 2000, "train_size")
     lr = settings["lr"]
     train_set, test_set = load_data(data, train_size, 200 if quick else 1000, seed)
     tokenizer = build_tokenizer(train_set.texts)
