@@ -12,6 +12,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
 import torch
@@ -109,7 +110,7 @@ def fit(
     """
     if epochs < 1:
         raise BottleneckError(f"epochs must be >= 1 (got {epochs})")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+    if isinstance(lr, bool) or not isinstance(lr, Real) or not math.isfinite(lr) or lr < 0:  # NumPy floats are Real
         raise BottleneckError(f"lr must be a finite number >= 0 (got {lr!r})")
     if mask_lr is not None and not mask_lr > 0:
         raise BottleneckError(f"mask_lr must be > 0 (got {mask_lr!r})")

@@ -153,6 +153,13 @@ def test_fit_refuses_a_learning_rate_it_cannot_use(bad) -> None:
         fit(masked, [(images, labels)], epochs=1, lr=bad, progress=False)
 
 
+def test_fit_takes_a_numpy_learning_rate() -> None:
+    import numpy as np
+
+    masked, images, labels = _cnn_batch()
+    assert fit(masked, [(images, labels)], epochs=1, lr=np.float32(1e-3), progress=False).last()["task"] > 0
+
+
 def test_no_batches_is_an_error_not_an_empty_history_or_a_zero_accuracy() -> None:
     """An empty loader, or a generator used up by the first epoch, trained nothing: fit says so,
     and evaluate does not report an accuracy of 0 for no data."""
