@@ -239,3 +239,19 @@ def test_explain_stops_the_model_after_the_masked_layer() -> None:
     units = adapter.to_units(inputs, with_graph=False)
     expected = adapter.relevance_to_input(result.relevance, hidden, units)
     assert torch.allclose(explanation.relevance, expected)
+
+
+def test_a_hidden_layer_with_nan_features_is_refused_not_masked_silently() -> None:
+    """Inputs are checked by the adapter; a hidden layer's features are not inputs. A model whose
+    weights went NaN used to give NaN gates and relevance at ``layer2`` without a word."""
+    from bottleneck_image.models import SmallResNet
+
+    net = SmallResNet(4, width=8)
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    masked = bottleneck.attach(net, "image", where="layer2")
+    images = torch.rand(2, 3, 16, 16)
+    with pytest.raises(BottleneckError, match="NaN or Inf .* check the model's weights and normalisation"):
+        masked(images)
+    with pytest.raises(BottleneckError, match="NaN or Inf"):
+        masked.explain(images)

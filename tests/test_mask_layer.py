@@ -162,3 +162,38 @@ def test_keep_rate_and_scores_are_the_scatter_forms_to_the_bit(counts: list[int]
     assert torch.equal(result.logits.detach(), logits.detach())
     assert torch.equal(result.keep_rate.detach(), keep_rate.detach())
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def _units_with(x: torch.Tensor) -> Units:
+    return Units(x=x, batch=torch.tensor([0] * 6 + [1] * 4), num_samples=2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_never_make_a_silent_mask(bad: float) -> None:
+    """A NaN score is a silently closed gate (NaN > 0 is false) and a NaN relevance: every pass
+    of the layer refuses it, and says the features are the cause."""
+    layer = MaskLayer("hard_concrete", keep=0.3, in_features=3)
+    x = torch.randn(10, 3)
+    x[7, 1] = bad
+    message = r"scores are NaN or Inf for \d+ of 10 units: 1 of the units' features are NaN or Inf"
+    for call in (layer, layer.infer, layer.relevance, layer.scores):
+        layer.train(call is layer)
+        with pytest.raises(BottleneckError, match=message):
+            call(_units_with(x))
+
+
+def test_a_diverged_scorer_is_named_as_the_cause() -> None:
+    layer = MaskLayer("hard_concrete", keep=0.3, in_features=3)
+    with torch.no_grad():
+        layer.scorer.head[-1].weight.fill_(float("nan"))
+    with pytest.raises(BottleneckError, match="features are finite, so the scorer's own weights are not"):
+        layer(_units_with(torch.randn(10, 3)))
+
+
+def test_finite_scores_whose_sum_overflows_are_not_refused() -> None:
+    """The check sums the scores first (one read); a sum past float32's range is checked exactly."""
+    layer = MaskLayer("hard_concrete", keep=0.3, in_features=3, logit_bound=1e39)
+    with torch.no_grad():
+        layer.scorer.head[-1].weight.zero_()
+        layer.scorer.head[-1].bias.fill_(3e38)
+    assert layer.relevance(_units_with(torch.randn(10, 3))).isfinite().all()
