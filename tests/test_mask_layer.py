@@ -197,3 +197,17 @@ def test_finite_scores_whose_sum_overflows_are_not_refused() -> None:
         layer.scorer.head[-1].weight.zero_()
         layer.scorer.head[-1].bias.fill_(3e38)
     assert layer.relevance(_units_with(torch.randn(10, 3))).isfinite().all()
+
+
+def test_a_training_step_warns_nothing() -> None:
+    """The finite-score check reads the scores detached: reading a tensor that requires grad
+    warned on every step (and added a node to the graph), a cost a step of 1k units showed."""
+    import warnings
+
+    layer = MaskLayer("hard_concrete", keep=0.3, in_features=3)
+    units = _units_with(torch.randn(10, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(units).loss.backward()
+        layer.eval()
+        layer.infer(units)
