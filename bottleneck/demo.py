@@ -27,7 +27,6 @@ REPORT_KEYS: tuple[str, ...] = (
     "gt_auroc",
     "seconds",
 )
-Default = TypeVar("Default")
 FRACTION_KEYS = ("accuracy_plain", "accuracy_masked", "accuracy_sparse", "keep_rate", "gt_auroc")
 
 
@@ -54,6 +53,10 @@ class Demo:
     audit: Callable[..., Any] | None = None
     #: ``prepare_speed(quick=..., seed=...) -> list[SpeedCase]`` for ``bottleneck bench speed`` (optional).
     speed: Callable[..., Any] | None = None
+
+
+#: A demo option's default: a count, or ``None`` for "all" (the image demo's training set).
+Default = TypeVar("Default")
 
 
 def count_or_default(value: int | None, default: Default, name: str) -> int | Default:

@@ -86,10 +86,7 @@ class EquivariantScorer(nn.Module):
         float64 it never casts, and outside autocast the dtypes must match. Without this
         check a float64 input (a point cloud from NumPy) fails deep in torch's ``linear``.
         """
-        self._check_dtype(x, self.encode[0].weight.dtype)
-
-    @staticmethod
-    def _check_dtype(x: Tensor, expected: torch.dtype) -> None:
+        expected = self.encode[0].weight.dtype
         if x.dtype == expected:
             return
         if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
@@ -108,9 +105,8 @@ class EquivariantScorer(nn.Module):
         """
         if x.dim() != 2:
             raise BottleneckError(f"the mask's scorer takes unit features [N, F] (got shape {tuple(x.shape)})")
-        first = self.encode[0]
-        self._check_dtype(x, first.weight.dtype)
-        expected = first.in_features  # 0 until a lazy first layer has seen its first input
+        self.check_dtype(x)
+        expected = self.encode[0].in_features  # 0 until a lazy first layer has seen its first input
         if expected and x.shape[1] != expected:
             raise BottleneckError(
                 f"the mask's scorer takes {expected} features per unit (fixed by the inputs it was built on) "

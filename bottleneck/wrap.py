@@ -198,12 +198,12 @@ class MaskedModel(nn.Module):
     def encode(self, units: Units) -> Units:
         """``units`` with the scorer features the adapter's encoder computes (if it has one).
 
-        The units' dtype is checked first, so a mismatch is reported as such, not from
-        inside the encoder's convolutions.
+        Before an encoder runs, the units' dtype is checked, so a mismatch is reported as such,
+        not from inside the encoder's convolutions; without one the scorer checks them itself.
         """
-        self.mask.scorer.check_dtype(units.x)
         if self.unit_encoder is None:
             return units
+        self.mask.scorer.check_dtype(units.x)
         return units.with_(x=self.unit_encoder(units))
 
     def _state(self) -> dict[str, Any]:
