@@ -6,11 +6,13 @@ matplotlib cannot write, or a folder that cannot be written in failed there, as 
 traceback, with the run's figures lost. Each command declares its outputs (an option
 and what it names: a file, a figure or a folder) and :func:`check_output` checks
 each before anything runs, so a bad path costs a second and says what was expected.
+Whether a folder can be written in is tried by making a temporary file there: a
+permission check (``os.access``) passes for root even where no file can be made (``/proc``).
 """
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 
 from .errors import BottleneckError
@@ -56,5 +58,8 @@ def _check_writable_folder(folder: Path, path: str, option: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise BottleneckError(f"{option} {path}: {existing} is a file, so no folder can be made under it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BottleneckError(f"{option} {path}: cannot write in {existing} (no permission)")
+    try:  # a real file, not os.access: root passes every permission check, yet cannot write in /proc
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise BottleneckError(f"{option} {path}: cannot write in {existing} ({error.strerror or error})") from None

@@ -64,9 +64,23 @@ def test_the_formats_the_help_names_pass(suffix, places) -> None:
 
 
 def test_a_folder_it_cannot_write_in_is_named(places, monkeypatch) -> None:
-    """As root every folder is writable, so the permission answer is forced here; the message is what is tested."""
-    monkeypatch.setattr(output_paths.os, "access", lambda path, mode: False)
-    with pytest.raises(BottleneckError, match=r"--json .*x\.json: cannot write in .* \(no permission\)"):
+    """As root every folder is writable, so a refusal to make the file is forced here; the message is what is tested."""
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(output_paths.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(BottleneckError, match=r"--json .*x\.json: cannot write in .* \(Permission denied\)"):
         check_output(f"{places['new']}/x.json", FILE, "--json")
     with pytest.raises(BottleneckError, match="cannot write in"):
         check_output(places["new"], FOLDER, "--out")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc: a folder no one can make a file in")
+@pytest.mark.parametrize("command", [["bench", "plot", RUN, "--out", "/proc/speed.png"],
+                                     ["bench", "speed", "--quick", "--json", "/proc/speed.json", "--no-progress"]])
+def test_a_folder_that_takes_no_files_is_refused_before_any_work(command, capsys) -> None:
+    """``/proc`` passes every permission check for root (``os.access``) yet takes no new file:
+    the plot failed in PIL's ``open`` and the benchmark after its first model (writing the
+    partial report), each as a traceback. A real file is tried instead."""
+    assert main(command) == 2
+    assert "cannot write in /proc" in capsys.readouterr().err
